@@ -1,0 +1,1 @@
+"""Released score_sde configs (vp)."""
