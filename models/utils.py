@@ -55,6 +55,16 @@ def get_sigmas(config):
                             config.model.num_scales))
 
 
+def uses_continuous_labels(config) -> bool:
+  """Whether the network of `config` takes continuous labels (sigma(t) or 999 t) or indices.
+
+  `config.training.continuous`, except for networks that only know a table of noise levels
+  (NCSNv2/NCSN), which always take int32 indices.
+  """
+  model_cls = get_model(config.model.name)
+  return bool(config.training.continuous) and not getattr(model_cls, "discrete_labels_only", False)
+
+
 def get_score_fn(sde, model, variables, continuous, num_scales=None, train=False):
   """Wraps a network into a score function (x, t) -> grad_x log p_t(x) (SEMANTICS §3).
 
@@ -62,7 +72,8 @@ def get_score_fn(sde, model, variables, continuous, num_scales=None, train=False
     sde: a `sde_lib` SDE (its type picks the label convention).
     model: the network from `create_model`.
     variables: its variables, `{'params': ..., **model_state}`.
-    continuous: `config.training.continuous` — whether the network was trained on continuous time.
+    continuous: whether the network takes continuous labels (`uses_continuous_labels(config)`);
+      ignored (False) for networks with `discrete_labels_only`.
     num_scales: the number of noise levels a *discrete* network was trained with
       (`config.model.num_scales`). Labels and the VP std table use it, never the sampler's N, which
       acceleration changes. Defaults to `sde.N`.
@@ -75,6 +86,7 @@ def get_score_fn(sde, model, variables, continuous, num_scales=None, train=False
   import sde_lib  # pylint: disable=g-import-not-at-top
 
   num_scales = sde.N if num_scales is None else num_scales
+  continuous = continuous and not getattr(model, "discrete_labels_only", False)
 
   def apply(x, labels, rng):
     rngs = {"dropout": rng} if train and rng is not None else None

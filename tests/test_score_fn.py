@@ -72,3 +72,19 @@ def test_vp_discrete_feeds_t_times_n_minus_1_and_divides_by_ddpm_std():
 def test_subvp_discrete_is_refused():
   with pytest.raises(ValueError, match="continuous=False"):
     model_utils.get_score_fn(sde_lib.subVPSDE(0.1, 20.0, 1000), LabelEcho(), {}, False)
+
+
+class IndexOnlyEcho(LabelEcho):
+  discrete_labels_only = True
+
+
+def test_networks_with_a_noise_table_always_get_indices():
+  # ve/ncsnv2/bedroom.py says training.continuous=True (a misspelt field in the release), but
+  # NCSNv2 can only index its sigmas: the score function must feed indices regardless.
+  from configs.ve.ncsnv2 import bedroom  # pylint: disable=g-import-not-at-top
+  config = bedroom.get_config()
+  assert config.training.continuous and not model_utils.uses_continuous_labels(config)
+  sde = sde_lib.VESDE(0.01, 50.0, N=1000)
+  score_fn = model_utils.get_score_fn(sde, IndexOnlyEcho(), {}, continuous=True)
+  score = np.asarray(score_fn(jnp.zeros((len(T_VALUES), 1, 1, 1)), jnp.asarray(T_VALUES)))
+  np.testing.assert_array_equal(score[:, 0, 0, 0], np.round((1.0 - T_VALUES) * 999))
