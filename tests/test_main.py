@@ -1,0 +1,60 @@
+"""The command line as a user types it: usage errors and `--mode check` on a released checkpoint."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from reference_cases import GOLDEN_DIR
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASED_WORKDIR = os.path.join(GOLDEN_DIR, "score_sde_checkpoint", "ncsnpp_ffhq_small")
+
+
+def _run(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def golden_config_file(tmp_path):
+  """A config file whose get_config() is golden case ncsnpp_ffhq_small's config."""
+  path = tmp_path / "ffhq_small.py"
+  path.write_text(
+      "import json, ml_collections, numpy as np\n"
+      f"_CASE = {os.path.join(GOLDEN_DIR, 'ncsnpp_ffhq_small.npz')!r}\n"
+      "def get_config():\n"
+      "  config = ml_collections.ConfigDict(json.loads(str(np.load(_CASE)['config_json'])))\n"
+      "  config.sampling.checkpoint_dir = ''\n"
+      "  config.sampling.checkpoint_step = 0\n"
+      "  return config\n")
+  return str(path)
+
+
+def test_missing_flags_are_a_usage_error():
+  result = _run("--mode", "check")
+  assert result.returncode != 0
+  assert "--config" in result.stderr and "--workdir" in result.stderr
+
+
+def test_unknown_mode_is_a_usage_error(golden_config_file):
+  result = _run("--config", golden_config_file, "--workdir", RELEASED_WORKDIR, "--mode", "smaple")
+  assert result.returncode != 0
+  assert "--mode" in result.stderr and "check" in result.stderr
+
+
+def test_check_mode_reports_the_released_checkpoint(golden_config_file):
+  result = _run("--config", golden_config_file, "--workdir", RELEASED_WORKDIR, "--mode", "check")
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary["step"] >= 0 and summary["model"] == "ncsnpp"
+  assert summary["checkpoint"].endswith(os.path.join("checkpoints", "checkpoint_3"))
+
+
+def test_config_override_reaches_the_loader(golden_config_file):
+  result = _run("--config", golden_config_file, "--workdir", RELEASED_WORKDIR, "--mode", "check",
+                "--config.sampling.checkpoint_step=7")
+  assert result.returncode != 0
+  assert "no checkpoint_7" in result.stderr and "[3]" in result.stderr
