@@ -1,0 +1,1 @@
+"""Target Distribution Aware Sampling: transforms, filters and coloured noise (SEMANTICS §6)."""
