@@ -49,6 +49,10 @@ class SDE(abc.ABC):
   def prior_sampling(self, rng, shape):
     """A draw from the prior p_T, `shape` = (B, H, W, C)."""
 
+  def prior_from_noise(self, z):
+    """Maps a unit-variance draw z (standard or TDAS-coloured) to the prior's scale."""
+    return z
+
   @abc.abstractmethod
   def prior_logp(self, z):
     """Log-density of the prior at z (B, ...), summed over all but the batch axis -> (B,)."""
@@ -127,7 +131,10 @@ class VESDE(SDE):
     return x, self._sigma(t)
 
   def prior_sampling(self, rng, shape):
-    return jax.random.normal(rng, shape) * self.sigma_max
+    return self.prior_from_noise(jax.random.normal(rng, shape))
+
+  def prior_from_noise(self, z):
+    return z * self.sigma_max
 
   def prior_logp(self, z):
     n = np.prod(z.shape[1:])

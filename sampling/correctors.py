@@ -1,0 +1,89 @@
+"""Correctors: Langevin steps at a fixed time t (SEMANTICS §5).
+
+Noise comes only from the `noise(j)` callable (j = the corrector step), standard or TDAS-coloured;
+the step size uses the norm of the noise actually added. Norms are per-sample L2 norms averaged
+over the whole batch (across every device: the arrays are global), so the step does not depend on
+how the batch is split.
+"""
+import jax
+import jax.numpy as jnp
+
+import sde_lib
+from sampling.registry import Registry
+
+CORRECTORS = Registry("corrector", "config.sampling.corrector")
+
+
+def _per_sample(values, x):
+  return values.reshape(values.shape + (1,) * (x.ndim - values.ndim))
+
+
+def _batch_mean_norm(v):
+  """Mean over the batch of the per-sample L2 norms of v (B, ...)."""
+  return jnp.mean(jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1))
+
+
+class Corrector:
+  """Base class: `n_steps` Langevin-type steps at time t."""
+
+  def __init__(self, sde, score_fn, snr: float, n_steps: int):
+    self.sde = sde
+    self.score_fn = score_fn
+    self.snr = snr
+    self.n_steps = int(n_steps)
+
+  @property
+  def evaluations(self):
+    return self.n_steps
+
+  def _alpha(self, t):
+    """alpha_i of the VP schedule (1 for VE), shape (B,)."""
+    if isinstance(self.sde, sde_lib.VPSDE):  # VP and subVP
+      i = (t * (self.sde.N - 1) / self.sde.T).astype(jnp.int32)
+      return self.sde.alphas[i]
+    return jnp.ones_like(t)
+
+  def step_size(self, x, t, grad, z):
+    raise NotImplementedError
+
+  def update(self, x, t, noise):
+    """Returns (x, x_mean) after n_steps steps; noise(j) draws the noise of step j."""
+    def one_step(j, carry):
+      x, _ = carry
+      grad = self.score_fn(x, t)
+      z = noise(j)
+      step = self.step_size(x, t, grad, z)
+      x_mean = x + _per_sample(step, x) * grad
+      return x_mean + _per_sample(jnp.sqrt(2.0 * step), x) * z, x_mean
+
+    return jax.lax.fori_loop(0, self.n_steps, one_step, (x, x))
+
+
+@CORRECTORS.register("langevin")
+class LangevinCorrector(Corrector):
+  """eps = 2 alpha (snr ‖z‖ / ‖score‖)², with batch-averaged norms."""
+
+  def step_size(self, x, t, grad, z):
+    ratio = self.snr * _batch_mean_norm(z) / _batch_mean_norm(grad)
+    return 2.0 * self._alpha(t) * ratio ** 2
+
+
+@CORRECTORS.register("ald")
+class AnnealedLangevinDynamics(Corrector):
+  """Annealed Langevin dynamics of NCSN: eps = 2 alpha (snr std(t))²."""
+
+  def step_size(self, x, t, grad, z):
+    std = self.sde.marginal_prob(x, t)[1]
+    return 2.0 * self._alpha(t) * (self.snr * std) ** 2
+
+
+@CORRECTORS.register("none")
+class NoCorrector(Corrector):
+  """No correction."""
+
+  @property
+  def evaluations(self):
+    return 0
+
+  def update(self, x, t, noise):
+    return x, x

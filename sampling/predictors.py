@@ -1,0 +1,90 @@
+"""Predictors: one reverse-time step from t to t - 1/N' (SEMANTICS §5).
+
+Each predictor draws its noise only through the `noise()` callable it is given: a standard normal
+draw for the vanilla sampler, a TDAS-coloured draw otherwise. Shapes: x (B, H, W, C), t (B,).
+"""
+import jax.numpy as jnp
+
+import sde_lib
+from sampling.registry import Registry
+
+PREDICTORS = Registry("predictor", "config.sampling.predictor")
+
+
+def _per_sample(values, x):
+  return values.reshape(values.shape + (1,) * (x.ndim - values.ndim))
+
+
+class Predictor:
+  """Base class. `evaluations`: score evaluations per `update` (for the NFE count)."""
+
+  evaluations = 1
+
+  def __init__(self, sde, score_fn, probability_flow: bool = False):
+    self.sde = sde
+    self.score_fn = score_fn
+    self.reverse = sde.reverse(score_fn, probability_flow)
+
+  def update(self, x, t, noise):
+    """Returns (x_next, x_next_mean) given the state x at time t and a noise source."""
+    raise NotImplementedError
+
+
+@PREDICTORS.register("euler_maruyama")
+class EulerMaruyama(Predictor):
+  """x_mean = x + f_rev dt with dt = -1/N; x = x_mean + g_rev sqrt(1/N) z."""
+
+  def update(self, x, t, noise):
+    dt = -1.0 / self.reverse.N
+    drift, diffusion = self.reverse.sde(x, t)
+    x_mean = x + drift * dt
+    return x_mean + _per_sample(diffusion, x) * jnp.sqrt(-dt) * noise(), x_mean
+
+
+@PREDICTORS.register("reverse_diffusion")
+class ReverseDiffusion(Predictor):
+  """The discretised reverse SDE: x_mean = x - f_rev; x = x_mean + G_rev z."""
+
+  def update(self, x, t, noise):
+    f, G = self.reverse.discretize(x, t)
+    x_mean = x - f
+    return x_mean + _per_sample(G, x) * noise(), x_mean
+
+
+@PREDICTORS.register("ancestral_sampling")
+class AncestralSampling(Predictor):
+  """Ancestral sampling of SMLD (VE) and DDPM (VP) on their discrete noise schedules."""
+
+  def __init__(self, sde, score_fn, probability_flow: bool = False):
+    super().__init__(sde, score_fn, probability_flow)
+    if type(sde) not in (sde_lib.VESDE, sde_lib.VPSDE):
+      raise ValueError("config.sampling.predictor='ancestral_sampling' is defined for vesde and "
+                       f"vpsde only, not {type(sde).__name__}.")
+    if probability_flow:
+      raise ValueError("Ancestral sampling has no probability-flow form "
+                       "(config.sampling.probability_flow must be False).")
+
+  def update(self, x, t, noise):
+    sde = self.sde
+    i = (t * (sde.N - 1) / sde.T).astype(jnp.int32)
+    score = self.score_fn(x, t)
+    if isinstance(sde, sde_lib.VESDE):
+      sigma = sde.discrete_sigmas[i]
+      previous = jnp.where(i == 0, 0.0, sde.discrete_sigmas[jnp.maximum(i - 1, 0)])
+      x_mean = x + _per_sample(sigma ** 2 - previous ** 2, x) * score
+      std = jnp.sqrt(previous ** 2 * (sigma ** 2 - previous ** 2) / sigma ** 2)
+    else:
+      beta = sde.discrete_betas[i]
+      x_mean = (x + _per_sample(beta, x) * score) / _per_sample(jnp.sqrt(1.0 - beta), x)
+      std = jnp.sqrt(beta)
+    return x_mean + _per_sample(std, x) * noise(), x_mean
+
+
+@PREDICTORS.register("none")
+class NoPredictor(Predictor):
+  """Leaves x unchanged (corrector-only sampling, e.g. annealed Langevin dynamics)."""
+
+  evaluations = 0
+
+  def update(self, x, t, noise):
+    return x, x

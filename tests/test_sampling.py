@@ -1,0 +1,183 @@
+"""Predictors, correctors, the PC and ODE samplers, TDAS noise injection, devices (SEMANTICS §5)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sde_lib
+from sampling import correctors, devices, ode, pc, predictors
+from tdas import filters as tdas_filters
+from tdas import noise as tdas_noise
+
+TARGET_STD = 0.3
+SHAPE = (16, 8, 8, 3)
+
+
+def gaussian_score_builder(sde):
+  """Exact score of N(0, v I) diffused by `sde`; `variables = {'var': v}`."""
+  def builder(variables):
+    def score_fn(x, t):
+      mean_coeff = sde.marginal_prob(jnp.ones((1,)), t)[0].reshape(-1, 1, 1, 1)
+      std = sde.marginal_prob(jnp.zeros_like(x), t)[1].reshape(-1, 1, 1, 1)
+      return -x / (mean_coeff ** 2 * variables["var"] + std ** 2)
+    return score_fn
+  return builder
+
+
+VARIABLES = {"var": jnp.float32(TARGET_STD ** 2)}
+VE = sde_lib.VESDE(0.01, 50.0, N=100)
+VP = sde_lib.VPSDE(0.1, 20.0, N=100)
+
+
+@pytest.fixture(scope="module")
+def ve_sampler():
+  return pc.PCSampler(VE, gaussian_score_builder(VE), SHAPE, eps=1e-5, snr=0.16)
+
+
+def _filters(lambda2=1.0, space_value=1.0, transform="dct"):
+  return dict(space=jnp.full(SHAPE[1:], space_value, jnp.float32),
+              freq=jnp.asarray(tdas_filters.frequency_filter(SHAPE[1:], 0.3, 0.5, 1.0, lambda2,
+                                                             transform)))
+
+
+def test_identity_filters_reproduce_the_vanilla_sampler(ve_sampler):
+  rng = jax.random.PRNGKey(0)
+  vanilla = np.asarray(ve_sampler.sample(rng, VARIABLES))
+  for transform in ("dct", "dft"):
+    sampler = pc.PCSampler(VE, gaussian_score_builder(VE), SHAPE, eps=1e-5, snr=0.16,
+                           tdas=pc.TDASSettings(transform=transform))
+    tdas = np.asarray(sampler.sample(rng, VARIABLES, _filters(transform=transform)))
+    np.testing.assert_allclose(tdas, vanilla, atol=2e-5 * np.abs(vanilla).max())
+
+
+def test_tdas_filters_change_the_samples_and_apply_to_selects_the_draws(ve_sampler):
+  rng = jax.random.PRNGKey(0)
+  vanilla = ve_sampler.sample(rng, VARIABLES)
+  colored = _filters(lambda2=0.5)
+  both = ve_sampler.sample(rng, VARIABLES, colored)
+  assert float(jnp.max(jnp.abs(both - vanilla))) > 1e-2
+  init_only = pc.PCSampler(VE, gaussian_score_builder(VE), SHAPE, eps=1e-5,
+                           tdas=pc.TDASSettings(apply_to="init"))
+  noise_only = pc.PCSampler(VE, gaussian_score_builder(VE), SHAPE, eps=1e-5,
+                            tdas=pc.TDASSettings(apply_to="noise"))
+  x_init, _ = init_only.init(rng, colored)
+  x_vanilla, _ = ve_sampler.init(rng, None)
+  x_noise, _ = noise_only.init(rng, colored)
+  assert float(jnp.max(jnp.abs(x_init - x_vanilla))) > 1.0
+  np.testing.assert_array_equal(np.asarray(x_noise), np.asarray(x_vanilla))
+  # The initial sample is sigma_max times the coloured draw.
+  eps = jax.random.normal(jax.random.fold_in(rng, 0), SHAPE)
+  expected = 50.0 * tdas_noise.color(eps, colored["space"], colored["freq"], "dct")
+  np.testing.assert_allclose(np.asarray(x_init), np.asarray(expected), rtol=1e-5, atol=1e-4)
+
+
+def test_same_samples_on_one_and_four_devices():
+  assert jax.device_count() == 4, "tests/conftest.py forces 4 CPU devices"
+  mesh = devices.batch_mesh()
+  kwargs = dict(eps=1e-5, snr=0.16, tdas=pc.TDASSettings(transform="dct"))
+  one = pc.PCSampler(VE, gaussian_score_builder(VE), SHAPE, **kwargs)
+  four = pc.PCSampler(VE, gaussian_score_builder(VE), SHAPE,
+                      batch_sharding=devices.batch_sharding(mesh), **kwargs)
+  rng = jax.random.PRNGKey(7)
+  filters = _filters(lambda2=0.8, space_value=0.9)
+  a = one.sample(rng, VARIABLES, filters)
+  b = four.sample(rng, jax.device_put(VARIABLES, devices.replicated(mesh)),
+                  jax.device_put(filters, devices.replicated(mesh)))
+  assert len(b.sharding.device_set) == 4
+  np.testing.assert_allclose(np.asarray(a), devices.local_rows(b), atol=1e-5)
+  with pytest.raises(ValueError, match="config.eval.batch_size=6"):
+    devices.check_batch_size(6, mesh)
+
+
+def test_chunked_run_equals_one_call(ve_sampler):
+  rng = jax.random.PRNGKey(1)
+  state = ve_sampler.init(rng, None)
+  chunk = ve_sampler.chunk_size(updates=7)
+  for start in range(0, ve_sampler.num_steps, chunk):
+    state = ve_sampler.advance(state, rng, VARIABLES, None, start, num=chunk)
+  np.testing.assert_array_equal(np.asarray(ve_sampler.finish(state)),
+                                np.asarray(ve_sampler.sample(rng, VARIABLES)))
+
+
+@pytest.mark.parametrize("sde, predictor, corrector", [
+    (VE, "reverse_diffusion", "langevin"), (VP, "euler_maruyama", "none"),
+    (VP, "ancestral_sampling", "langevin"), (sde_lib.subVPSDE(0.1, 20.0, N=100), "reverse_diffusion",
+                                             "langevin")])
+def test_pc_reaches_the_target_variance(sde, predictor, corrector):
+  sampler = pc.PCSampler(sde, gaussian_score_builder(sde), (64, 8, 8, 3), predictor=predictor,
+                         corrector=corrector, snr=0.16, eps=sde.sampling_eps)
+  x = np.asarray(sampler.sample(jax.random.PRNGKey(2), VARIABLES))
+  assert abs(x.std() - TARGET_STD) < 0.05 * TARGET_STD
+  assert sampler.nfe == 100 * (1 + (corrector != "none"))
+
+
+def test_predictor_updates_follow_their_formulas():
+  x = jax.random.normal(jax.random.PRNGKey(4), (2, 4, 4, 1))
+  z = jax.random.normal(jax.random.PRNGKey(5), x.shape)
+  t = jnp.array([0.6, 0.3])
+  score_fn = lambda x, t: -0.5 * x
+  i = (t * 99).astype(int)
+  # Reverse diffusion on VE: x_mean = x + (sigma_i² - sigma_{i-1}²) score; x = x_mean + G z.
+  sigmas = np.exp(np.linspace(np.log(0.01), np.log(50.0), 100))
+  g2 = sigmas[i] ** 2 - sigmas[i - 1] ** 2
+  new, mean = predictors.ReverseDiffusion(VE, score_fn).update(x, t, lambda: z)
+  np.testing.assert_allclose(np.asarray(mean), x + g2[:, None, None, None] * (-0.5 * x),
+                             rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(new - mean), np.sqrt(g2)[:, None, None, None] * z,
+                             rtol=1e-4)
+  # Ancestral on VP: x_mean = (x + beta score) / sqrt(1 - beta); x = x_mean + sqrt(beta) z.
+  betas = np.linspace(0.1 / 100, 20.0 / 100, 100)[i][:, None, None, None]
+  new, mean = predictors.AncestralSampling(VP, score_fn).update(x, t, lambda: z)
+  np.testing.assert_allclose(np.asarray(mean), (x - 0.5 * betas * x) / np.sqrt(1 - betas),
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(new - mean), np.sqrt(betas) * z, rtol=1e-4, atol=1e-6)
+
+
+def test_langevin_step_uses_batch_averaged_norms_of_the_added_noise():
+  x = jax.random.normal(jax.random.PRNGKey(6), (3, 4, 4, 1))
+  z = 2.0 * jax.random.normal(jax.random.PRNGKey(7), x.shape)  # e.g. a coloured draw
+  t = jnp.full((3,), 0.5)
+  score_fn = lambda x, t: -x
+  new, mean = correctors.LangevinCorrector(VP, score_fn, snr=0.2, n_steps=1).update(
+      x, t, lambda j: z)
+  norm = lambda v: np.mean(np.linalg.norm(np.asarray(v).reshape(3, -1), axis=1))
+  alpha = 1 - np.linspace(0.1 / 100, 20.0 / 100, 100)[49]
+  step = 2 * alpha * (0.2 * norm(z) / norm(x)) ** 2
+  np.testing.assert_allclose(np.asarray(mean), x - step * x, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(new - mean), np.sqrt(2 * step) * z, rtol=1e-4, atol=1e-6)
+
+
+def test_ald_step_is_set_by_the_marginal_std():
+  x = jax.random.normal(jax.random.PRNGKey(6), (3, 4, 4, 1))
+  z = jax.random.normal(jax.random.PRNGKey(7), x.shape)
+  t = jnp.array([0.2, 0.5, 0.9])
+  ald = correctors.AnnealedLangevinDynamics(VE, lambda x, t: -x, snr=0.1, n_steps=3)
+  assert ald.evaluations == 3
+  sigma = 0.01 * 5000.0 ** np.asarray(t)
+  step = (2 * (0.1 * sigma) ** 2)[:, None, None, None]
+  expected = np.asarray(x)
+  for _ in range(3):
+    expected = expected - step * expected + np.sqrt(2 * step) * np.asarray(z)
+  new, _ = ald.update(x, t, lambda j: z)
+  np.testing.assert_allclose(np.asarray(new), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_ode_sampler_reaches_the_target_and_counts_evaluations():
+  sampler = ode.ODESampler(VE, gaussian_score_builder(VE), (32, 8, 8, 3), eps=1e-5,
+                           rtol=1e-4, atol=1e-4)
+  x, nfe = sampler.sample(jax.random.PRNGKey(8), VARIABLES)
+  assert abs(float(jnp.std(x)) - TARGET_STD) < 0.05 * TARGET_STD
+  assert 10 < int(nfe) < 2000 and (int(nfe) - 2) % 6 == 0
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda: pc.PCSampler(VE, None, SHAPE, predictor="heun"), "config.sampling.predictor"),
+    (lambda: pc.PCSampler(VE, None, SHAPE, corrector="hmc"), "config.sampling.corrector"),
+    (lambda: pc.PCSampler(sde_lib.subVPSDE(0.1, 20, 10), None, SHAPE,
+                          predictor="ancestral_sampling"), "vesde and vpsde only"),
+    (lambda: pc.TDASSettings(apply_to="all"), "config.sampling.tdas.apply_to"),
+    (lambda: ode.ODESampler(VE, None, SHAPE, solver="rk4"), "config.sampling.ode.solver"),
+])
+def test_bad_sampler_settings_name_the_field(make, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    make()
