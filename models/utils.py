@@ -26,7 +26,7 @@ def register_model(cls=None, *, name=None):
 
 def _import_model_families():
   # Importing the family modules runs their `register_model` decorators.
-  from models import ddpm, ncsnpp, ncsnv2  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from models import analytic, ddpm, ncsnpp, ncsnv2  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
 
 def get_model(name: str) -> Type[nn.Module]:

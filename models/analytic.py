@@ -1,0 +1,374 @@
+"""The analytic Gaussian score model: the exact score of a diffused Gaussian target.
+
+A learned-model-free benchmark for TDAS. The target is x0 ~ N(mu, Sigma) over images (H, W, C)
+with a covariance that is diagonal in the orthonormal 2-D DCT basis D of `tdas.transforms`:
+Sigma = D⁻¹ diag(v) D, v (H, W, C) the variance of each DCT coefficient (channels independent).
+Diffused by the config's SDE (SEMANTICS §2), x_t | x0 ~ N(a(t) x0, s(t)² I), so
+
+    p_t = N(a mu, a² Sigma + s² I),   score(x, t) = -D⁻¹( D(x - a mu) / (a² v + s²) )
+
+with a = 1, s = sigma(t) for VE and a = exp(m(t)), s = the std of `sde.marginal_prob` for VP and
+subVP (for subVP that "std", 1 - exp(2m), is the true marginal std of the subVP SDE started at a
+point, so the formula is exact for all three).
+
+The network convention is that of every score_sde model (SEMANTICS §3), continuous labels only:
+VE labels are sigma(t) and the output is the score; VP/subVP labels are 999 t and the output is
+-s(t)·score (`models.utils.get_score_fn` divides by -s(t)). So
+`get_score_fn(sde, model, variables, continuous=True)` is the exact score.
+
+Variables: `{'target': {'mean': (H, W, C), 'dct_variance': (H, W, C)}}`, a non-'params'
+collection (nothing is trainable). `model.init` fills it with the power-law target of the config
+(`power_law_target`); `variables_from_target(*fit_target(images))` builds it from data instead.
+
+Optional score error (SEMANTICS §7, `config.model.score_error`): below the noise level
+`score_error_sigma_c` the score's DCT coefficients are multiplied by gamma = 1 - e·rho^p, rho the
+normalised DCT radius — a model that under-corrects high frequencies at low noise (e > 0) or
+over-corrects them (e < 0).
+
+Config fields read (all under `config.model`; set by `configs/analytic/__init__.py`, and taken
+from MODEL_FIELD_DEFAULTS when a config lacks them):
+  power_law_alpha, power_law_f0, target_std, target_mean, target_mean_radial,
+  score_error, score_error_e, score_error_p, score_error_sigma_c;
+and `config.data.image_size/num_channels`, `config.training.sde/continuous`, the SDE fields.
+"""
+import functools
+from typing import Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import scipy.fft
+
+import sde_lib
+from models import utils
+from tdas import filters as tdas_filters
+from tdas import transforms
+
+TARGET_COLLECTION = 'target'
+
+# Defaults of the config fields this model reads; a config lacking one of them gets this value
+# (the configs under configs/analytic/ set them all explicitly).
+MODEL_FIELD_DEFAULTS = dict(
+    power_law_alpha=2.0,
+    power_law_f0=1.0,
+    target_std=0.27,
+    target_mean=(0.52, 0.43, 0.38),
+    target_mean_radial=0.1,
+    score_error=False,
+    score_error_e=0.2,
+    score_error_p=1.0,
+    score_error_sigma_c=0.27,
+)
+
+
+def _field(config, name):
+  """config.model.<name>, or its default from MODEL_FIELD_DEFAULTS."""
+  return config.model.get(name, MODEL_FIELD_DEFAULTS[name])
+
+
+def _per_channel(value, num_channels, field):
+  """A scalar or a length-C sequence as a float64 array (C,)."""
+  array = np.asarray(value, np.float64).reshape(-1)
+  if array.size == 1:
+    return np.full((num_channels,), float(array[0]))
+  if array.size != num_channels:
+    raise ValueError(f'config.model.{field}={value!r} must be a scalar or have one value per '
+                     f'channel (config.data.num_channels={num_channels}).')
+  return array
+
+
+# ---------------------------------------------------------------------------------------------
+# Frequency geometry.
+
+
+def frequency_radius(height: int, width: int) -> np.ndarray:
+  """DCT frequency radius f(i, j) = sqrt(i² + j²) in index units, float64 (H, W)."""
+  i = np.arange(height, dtype=np.float64)[:, None]
+  j = np.arange(width, dtype=np.float64)[None, :]
+  return np.sqrt(i ** 2 + j ** 2)
+
+
+def normalized_radius(height: int, width: int) -> np.ndarray:
+  """rho(i, j) in [0, 1] of the DCT (SEMANTICS §6), float64 (H, W): TDAS's own definition."""
+  return tdas_filters.normalized_radius(height, width, "dct")
+
+
+# The DCTs as single compiled programs: inside a jitted sampler they inline as usual; called
+# eagerly (tests, notebooks) they compile once per shape instead of primitive by primitive.
+_dct2 = jax.jit(transforms.dct2)
+_idct2 = jax.jit(transforms.idct2)
+
+
+def _dct_np(x):
+  """Orthonormal DCT-II over axes (1, 2) of a float64 numpy batch (N, H, W, C)."""
+  return scipy.fft.dctn(x, type=2, axes=(1, 2), norm='ortho')
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets.
+
+
+def variables_from_target(mean, dct_variance) -> Dict[str, Dict[str, jnp.ndarray]]:
+  """Model variables `{'target': {'mean', 'dct_variance'}}` from arrays (H, W, C) each."""
+  mean = jnp.asarray(mean, jnp.float32)
+  dct_variance = jnp.asarray(dct_variance, jnp.float32)
+  if mean.ndim != 3 or mean.shape != dct_variance.shape:
+    raise ValueError('The target mean and dct_variance must both be (H, W, C) arrays; got '
+                     f'{mean.shape} and {dct_variance.shape}.')
+  return {TARGET_COLLECTION: {'mean': mean, 'dct_variance': dct_variance}}
+
+
+def _target_arrays(variables):
+  """(mean, dct_variance) of `{'target': {...}}` or of the inner `{'mean', 'dct_variance'}`."""
+  target = variables.get(TARGET_COLLECTION, variables)
+  try:
+    return target['mean'], target['dct_variance']
+  except KeyError as error:
+    raise ValueError("Expected the analytic model's variables {'target': {'mean': (H, W, C), "
+                     f"'dct_variance': (H, W, C)}}}}, got keys {sorted(variables)}.") from error
+
+
+def power_law_target(config) -> Tuple[np.ndarray, np.ndarray]:
+  """The config's power-law Gaussian target: (mean (H, W, C), dct_variance (H, W, C)), float32.
+
+  - dct_variance[i, j, c] ∝ 1 / (f + f0)^alpha, f = sqrt(i² + j²) (index units),
+    alpha = `model.power_law_alpha`, f0 = `model.power_law_f0`; scaled per channel so the RMS
+    per-pixel std, sqrt(sum_ij v[i, j, c] / (H W)), equals `model.target_std` (scalar or per
+    channel). alpha = 2 is the 1/f² power spectrum of natural images.
+  - mean[h, w, c] = target_mean[c] + target_mean_radial · (1/2 - r(h, w)), r the distance from the
+    image centre divided by the centre-to-corner distance: a smooth image, brighter in the centre
+    (like FFHQ's mean face) when target_mean_radial > 0. It must stay in [0, 1]
+    (data.centered = False).
+  """
+  size = int(config.data.image_size)
+  channels = int(config.data.num_channels)
+  if size < 1 or channels < 1:
+    raise ValueError(f'config.data.image_size={config.data.image_size!r} and '
+                     f'config.data.num_channels={config.data.num_channels!r} must be positive.')
+  alpha = float(_field(config, 'power_law_alpha'))
+  f0 = float(_field(config, 'power_law_f0'))
+  if alpha < 0:
+    raise ValueError(f'config.model.power_law_alpha={alpha!r} must be >= 0.')
+  if f0 <= 0:
+    raise ValueError(f'config.model.power_law_f0={f0!r} must be > 0 (the DC coefficient would '
+                     'get an infinite variance).')
+  std = _per_channel(_field(config, 'target_std'), channels, 'target_std')
+  if np.any(std <= 0):
+    raise ValueError(f'config.model.target_std={_field(config, "target_std")!r} must be > 0.')
+  base = _per_channel(_field(config, 'target_mean'), channels, 'target_mean')
+  radial = float(_field(config, 'target_mean_radial'))
+
+  shape_weights = (frequency_radius(size, size) + f0) ** (-alpha)            # (H, W)
+  scale = size * size * std ** 2 / shape_weights.sum()                       # (C,)
+  dct_variance = shape_weights[:, :, None] * scale[None, None, :]
+
+  centre = (size - 1) / 2.0
+  h = np.arange(size, dtype=np.float64)[:, None] - centre
+  w = np.arange(size, dtype=np.float64)[None, :] - centre
+  corner = np.sqrt(2.0) * centre
+  r = np.sqrt(h ** 2 + w ** 2) / (corner if corner > 0 else 1.0)
+  mean = base[None, None, :] + radial * (0.5 - r)[:, :, None]
+  if mean.min() < 0 or mean.max() > 1:
+    raise ValueError(
+        f'The target mean image leaves [0, 1] (range [{mean.min():.3f}, {mean.max():.3f}]): '
+        f'reduce config.model.target_mean_radial={radial!r} or move config.model.target_mean='
+        f'{_field(config, "target_mean")!r} towards 0.5.')
+  return mean.astype(np.float32), dct_variance.astype(np.float32)
+
+
+def target_variables(config) -> Dict[str, Dict[str, jnp.ndarray]]:
+  """`{'target': {'mean', 'dct_variance'}}` (H, W, C) of the config's power-law target."""
+  return variables_from_target(*power_law_target(config))
+
+
+def _moments(images, batch_size: int):
+  """Per-pixel mean (H, W, C) and per-DCT-coefficient unbiased variance (H, W, C), float64.
+
+  Two passes over chunks of `batch_size` images, so N large images never sit in float64 at once.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f'Expected images (N, H, W, C), got shape {images.shape}.')
+  n = images.shape[0]
+  if n < 2:
+    raise ValueError(f'Need at least 2 images to estimate variances, got {n}.')
+  total = np.zeros(images.shape[1:], np.float64)
+  for start in range(0, n, batch_size):
+    total += images[start:start + batch_size].astype(np.float64).sum(axis=0)
+  mean = total / n
+  squares = np.zeros(images.shape[1:], np.float64)
+  for start in range(0, n, batch_size):
+    coefficients = _dct_np(images[start:start + batch_size].astype(np.float64) - mean)
+    squares += (coefficients ** 2).sum(axis=0)
+  return mean, squares / (n - 1)
+
+
+def fit_target(images, batch_size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+  """Gaussian target fitted to images (N, H, W, C) in [0, 1].
+
+  Returns (mean (H, W, C), dct_variance (H, W, C)) as float32: the mean image, and the unbiased
+  variance of each orthonormal DCT coefficient of (x - mean). Computed in float64 numpy.
+  """
+  mean, variance = _moments(images, batch_size)
+  return mean.astype(np.float32), variance.astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _sample(key, mean, dct_variance, num):
+  z = jax.random.normal(key, (num,) + mean.shape, jnp.float32)
+  return mean + transforms.idct2(jnp.sqrt(dct_variance) * z)
+
+
+def sample_target(key, variables, num: int):
+  """`num` exact draws (num, H, W, C) of the target: mu + D⁻¹(sqrt(v) ⊙ z), z ~ N(0, I).
+
+  `variables` is the model's `{'target': {...}}` (or the inner dict); jitted, one compile per
+  (num, H, W, C).
+  """
+  mean, dct_variance = _target_arrays(variables)
+  return _sample(key, jnp.asarray(mean, jnp.float32), jnp.asarray(dct_variance, jnp.float32),
+                 int(num))
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark metrics.
+
+
+def dct_diagonal_w2(samples, variables, batch_size: int = 256) -> float:
+  """Per-dimension W2 between the DCT-diagonal Gaussian fitted to `samples` and the target.
+
+  Args:
+    samples: (N, H, W, C), N >= 2.
+    variables: the model's variables (or the inner target dict).
+    batch_size: images per chunk of the float64 statistics.
+
+  Returns:
+    sqrt( (||m_s - mu||² + sum (sqrt(v_s) - sqrt(v))²) / (H W C) ), with m_s the sample mean and
+    v_s the unbiased sample variance of every DCT coefficient: the exact W2 between two Gaussians
+    that are both diagonal in the DCT basis, divided by the dimension under the root.
+  """
+  mean, dct_variance = (np.asarray(a, np.float64) for a in _target_arrays(variables))
+  sample_mean, sample_variance = _moments(samples, batch_size)
+  if sample_mean.shape != mean.shape:
+    raise ValueError(f'Samples of shape {sample_mean.shape} do not match the target '
+                     f'{mean.shape}.')
+  squared = (np.sum((sample_mean - mean) ** 2)
+             + np.sum((np.sqrt(sample_variance) - np.sqrt(dct_variance)) ** 2))
+  return float(np.sqrt(squared / mean.size))
+
+
+def radial_bands(height: int, width: int, num_bands: int) -> np.ndarray:
+  """Band index (H, W) int of each DCT coefficient: equal-width bins of rho over [0, 1]."""
+  if num_bands < 1:
+    raise ValueError(f'num_bands={num_bands!r} must be >= 1.')
+  return tdas_filters.radial_bin(normalized_radius(height, width), num_bands)
+
+
+def band_std_ratio(samples, variables, num_bands: int, batch_size: int = 256) -> np.ndarray:
+  """Per radial band, sqrt(mean sample DCT variance / mean target DCT variance), (num_bands,).
+
+  Bands are equal-width bins of the normalised DCT radius rho in [0, 1]; the means run over the
+  coefficients of a band and all channels. A band with no coefficient (tiny images) is NaN.
+  > 1: the samples carry excess amplitude in that band.
+  """
+  _, dct_variance = (np.asarray(a, np.float64) for a in _target_arrays(variables))
+  _, sample_variance = _moments(samples, batch_size)
+  if sample_variance.shape != dct_variance.shape:
+    raise ValueError(f'Samples of shape {sample_variance.shape} do not match the target '
+                     f'{dct_variance.shape}.')
+  bands = radial_bands(dct_variance.shape[0], dct_variance.shape[1], num_bands)
+  ratios = np.full((num_bands,), np.nan)
+  for band in range(num_bands):
+    inside = bands == band
+    if inside.any():
+      ratios[band] = np.sqrt(sample_variance[inside].mean() / dct_variance[inside].mean())
+  return ratios
+
+
+# ---------------------------------------------------------------------------------------------
+# Score error (SEMANTICS §7).
+
+
+def check_score_error_fields(config) -> Tuple[bool, float, float, float]:
+  """(enabled, e, p, sigma_c) of `config.model.score_error*`, validated."""
+  enabled = bool(_field(config, 'score_error'))
+  e = float(_field(config, 'score_error_e'))
+  p = float(_field(config, 'score_error_p'))
+  sigma_c = float(_field(config, 'score_error_sigma_c'))
+  if enabled:
+    if e >= 1:
+      raise ValueError(f'config.model.score_error_e={e!r} must be < 1 (gamma = 1 - e·rho^p would '
+                       'reach 0 or flip the score); e < 0 gives the opposite error, gamma > 1.')
+    if p <= 0:
+      raise ValueError(f'config.model.score_error_p={p!r} must be > 0 (gamma at rho = 0 is 1).')
+    if sigma_c <= 0:
+      raise ValueError(f'config.model.score_error_sigma_c={sigma_c!r} must be > 0.')
+  return enabled, e, p, sigma_c
+
+
+def score_error_gamma(sigma, height: int, width: int, e: float, p: float, sigma_c: float):
+  """gamma(rho, sigma) = 1 - e·rho^p where sigma < sigma_c, else 1; (B, H, W, 1) for sigma (B,)."""
+  profile = jnp.asarray(1.0 - e * normalized_radius(height, width) ** p, jnp.float32)
+  below = (jnp.asarray(sigma) < sigma_c).reshape(-1, 1, 1, 1)
+  return jnp.where(below, profile[None, :, :, None], jnp.float32(1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+
+@utils.register_model(name='analytic_gaussian')
+class AnalyticGaussian(nn.Module):
+  """Exact score of the DCT-diagonal Gaussian target diffused by `config.training.sde`.
+
+  Called as `model.apply(variables, x, labels, train=False)` with x (B, H, W, C) and continuous
+  labels (B,) (VE: sigma(t); VP/subVP: 999 t). Returns (B, H, W, C): the score (VE) or
+  -std(t)·score (VP/subVP), as `models.utils.get_score_fn` expects.
+  """
+  config: ml_collections.ConfigDict
+  # Nothing to load: `run_lib` builds the variables from the config with this.
+  variables_from_config = staticmethod(target_variables)
+
+  @nn.compact
+  def __call__(self, x, labels, train: bool = False):
+    del train  # deterministic, no dropout
+    config = self.config
+    if not config.training.continuous:
+      raise ValueError('The analytic_gaussian model takes continuous labels only: set '
+                       'config.training.continuous=True.')
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.floating):
+      raise ValueError(f'The analytic_gaussian model got {labels.dtype} labels (discrete indices);'
+                       ' it takes continuous labels (config.training.continuous=True).')
+    sde = sde_lib.get_sde(config, num_steps=1)  # marginals only: N is irrelevant
+    score_error, e, p, sigma_c = check_score_error_fields(config)
+
+    init_target = lambda: power_law_target(config)
+    mean = self.variable(TARGET_COLLECTION, 'mean', lambda: jnp.asarray(init_target()[0])).value
+    dct_variance = self.variable(TARGET_COLLECTION, 'dct_variance',
+                                 lambda: jnp.asarray(init_target()[1])).value
+    if mean.shape != x.shape[1:] or dct_variance.shape != x.shape[1:]:
+      raise ValueError(f'The analytic target has mean {mean.shape} and dct_variance '
+                       f'{dct_variance.shape}, but x is {x.shape} (B, H, W, C): check '
+                       'config.data.image_size and config.data.num_channels.')
+
+    labels = labels.astype(jnp.float32).reshape(-1)
+    if isinstance(sde, sde_lib.VESDE):
+      a = jnp.ones_like(labels)
+      s = labels                                     # labels = sigma(t)
+    else:                                            # VPSDE and subVPSDE: labels = 999 t
+      t = labels / 999.0
+      a, s = sde.marginal_prob(jnp.ones((labels.shape[0], 1, 1, 1), jnp.float32), t)
+      a = a.reshape(-1)
+    a4, s4 = a.reshape(-1, 1, 1, 1), s.reshape(-1, 1, 1, 1)
+
+    coefficients = _dct2(x - a4 * mean)
+    score_dct = -coefficients / (a4 ** 2 * dct_variance + s4 ** 2)
+    if score_error:
+      score_dct = score_dct * score_error_gamma(s, x.shape[1], x.shape[2], e, p, sigma_c)
+    score = _idct2(score_dct).astype(x.dtype)
+    if isinstance(sde, sde_lib.VESDE):
+      return score
+    return -s4.astype(x.dtype) * score
