@@ -15,6 +15,7 @@ import run_lib
 
 MODES = {
     "check": run_lib.check,
+    "sample": run_lib.sample,
 }
 
 FLAGS = flags.FLAGS

@@ -14,6 +14,10 @@ _SAMPLING_DEFAULTS = dict(
     seed=0,                        # PRNG seed of sampling
     checkpoint_step=0,             # which checkpoint_<n> to load; 0 = newest
     checkpoint_dir='',             # '' = <workdir>/checkpoints
+    # With TDAS on, also sample the first batch without it (same seed): vanilla_vs_tdas.png.
+    vanilla_comparison=True,
+    # Multi-host (pods): jax.distributed.initialize when an address is set.
+    distributed=dict(coordinator_address='', num_processes=0, process_id=-1),
     # Probability-flow ODE sampler (diffrax).
     ode=dict(solver='tsit5', rtol=1e-5, atol=1e-5),
     # Target Distribution Aware Sampling: coloured noise in space and frequency.
