@@ -1,0 +1,1 @@
+"""Speed and quality-versus-steps studies; each prints a table and writes JSON (and PNG)."""
