@@ -4,6 +4,11 @@ A released checkpoint is one flax-msgpack file `<workdir>/checkpoints/checkpoint
 training state `{step, optimizer{target, state}, lr, model_state, ema_rate, params_ema, rng}`.
 Sampling uses the EMA weights: `variables = {'params': params_ema, **model_state}`;
 `optimizer.target` (the raw weights) is never used.
+
+The PyTorch release (score_sde_pytorch) saves `<workdir>/checkpoints/checkpoint_<n>.pth` with
+`torch.save`: `{model: state dict ('module.'-prefixed), ema: {decay, num_updates, shadow_params},
+optimizer, step}`. `load_score_sde_pytorch` reads those without PyTorch (see `pytorch_io` and
+`models/torch_names.py`); `load_checkpoint` picks the loader from the file found.
 """
 import os
 import re
@@ -15,6 +20,8 @@ import numpy as np
 from flax import serialization, traverse_util
 
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
+_PYTORCH_CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)\.pth$")
+_PYTORCH_SUFFIXES = (".pth", ".pt")
 _MAX_LISTED_DIFFERENCES = 8
 
 
@@ -32,24 +39,46 @@ def list_checkpoints(directory: str) -> Dict[int, str]:
   return found
 
 
+def list_pytorch_checkpoints(directory: str) -> Tuple[Dict[int, str], list]:
+  """PyTorch checkpoints directly inside `directory`: ({n: path} of `checkpoint_<n>.pth` files,
+  sorted paths of the other `*.pth` files, whose step the name does not tell)."""
+  numbered, other = {}, []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if not (name.endswith(".pth") and os.path.isfile(path)):
+      continue
+    match = _PYTORCH_CHECKPOINT_NAME.match(name)
+    if match:
+      numbered[int(match.group(1))] = path
+    else:
+      other.append(path)
+  return numbered, other
+
+
 def find_checkpoint(path: str, step: Optional[int] = None) -> str:
   """Resolves `path` to one checkpoint file.
 
   Args:
-    path: a checkpoint file, a folder of `checkpoint_<n>` files, or a workdir holding
-      `checkpoints/checkpoint_<n>`.
+    path: a checkpoint file, a folder of checkpoints, or a workdir holding `checkpoints/`. A folder
+      is searched for the JAX release's `checkpoint_<n>` and score_sde_pytorch's
+      `checkpoint_<n>.pth` (the msgpack file wins where both exist for one n); a single other
+      `*.pth` file (e.g. `checkpoint.pth`) is taken when there are no numbered files.
     step: which n to take from a folder; None or 0 = the newest.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"Checkpoint path {path!r} does not exist. Put a released score_sde checkpoint at "
-        "<workdir>/checkpoints/checkpoint_<n> (or pass the file itself).")
+        "<workdir>/checkpoints/checkpoint_<n> (or a score_sde_pytorch one at "
+        "<workdir>/checkpoints/checkpoint_<n>.pth), or pass the file itself.")
   if os.path.isfile(path):
     return path
   folder = os.path.join(path, "checkpoints")
   folders = [folder, path] if os.path.isdir(folder) else [path]
   for candidate in folders:
     found = list_checkpoints(candidate)
+    pytorch_numbered, pytorch_other = list_pytorch_checkpoints(candidate)
+    for n, file in pytorch_numbered.items():
+      found.setdefault(n, file)
     if found:
       if not step:
         return found[max(found)]
@@ -57,9 +86,19 @@ def find_checkpoint(path: str, step: Optional[int] = None) -> str:
         raise FileNotFoundError(f"There is no checkpoint_{step} in {candidate!r}; it holds "
                                 f"steps {sorted(found)}.")
       return found[step]
+    if pytorch_other:
+      if len(pytorch_other) > 1:
+        raise FileNotFoundError(
+            f"{candidate!r} holds several PyTorch checkpoints whose names give no step "
+            f"({', '.join(os.path.basename(p) for p in pytorch_other)}); pass the file itself.")
+      if step:
+        raise FileNotFoundError(f"There is no checkpoint_{step} in {candidate!r}; it holds only "
+                                f"{os.path.basename(pytorch_other[0])!r}.")
+      return pytorch_other[0]
   raise FileNotFoundError(
-      f"No checkpoint_<n> file in {' or '.join(repr(f) for f in folders)}. A released score_sde "
-      "checkpoint belongs at <workdir>/checkpoints/checkpoint_<n>.")
+      f"No checkpoint_<n> file (nor *.pth) in {' or '.join(repr(f) for f in folders)}. A "
+      "released score_sde checkpoint belongs at <workdir>/checkpoints/checkpoint_<n>, a "
+      "score_sde_pytorch one at <workdir>/checkpoints/checkpoint_<n>.pth.")
 
 
 def read_state(path: str) -> dict:
@@ -166,3 +205,216 @@ def load_score_sde(path: str, config=None, step: Optional[int] = None):
   if config is not None:
     check_variables(variables, config, source=f"Checkpoint {file!r}")
   return variables, int(np.asarray(state["step"]))
+
+
+def is_pytorch_checkpoint(path: str) -> bool:
+  """Whether `path` is a score_sde_pytorch (`torch.save`) file rather than a flax msgpack one:
+  a `.pth`/`.pt` name, or contents that start like a zip archive or a protocol-2 pickle."""
+  import pytorch_io  # pylint: disable=g-import-not-at-top
+  return path.endswith(_PYTORCH_SUFFIXES) or pytorch_io.looks_like_pytorch_file(path)
+
+
+def load_checkpoint(path: str, config, step: Optional[int] = None):
+  """Loads the sampling (EMA) weights of either release's checkpoint.
+
+  Args:
+    path: a checkpoint file, or a workdir / folder holding `checkpoint_<n>` or `*.pth` files
+      (see `find_checkpoint`).
+    config: the config whose model the weights must fit.
+    step: the n to take from a folder; None or 0 = the newest.
+  Returns:
+    (variables, step) as `load_score_sde` / `load_score_sde_pytorch` return them.
+  """
+  file = find_checkpoint(path, step)
+  if is_pytorch_checkpoint(file):
+    return load_score_sde_pytorch(file, config)
+  return load_score_sde(file, config=config)
+
+
+def _listing(title: str, items, limit: int = _MAX_LISTED_DIFFERENCES) -> str:
+  items = list(items)
+  more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+  return f"  {len(items)} {title}: " + "; ".join(items[:limit]) + more
+
+
+def read_pytorch_state(path: str) -> dict:
+  """The top-level dict of a score_sde_pytorch checkpoint, checked for `model`, `ema`, `step`.
+
+  Returns {'model': {name: array} (the state dict, 'module.' prefix kept), 'ema': {...},
+  'step': int, ...} with numpy arrays for tensors.
+  """
+  import pytorch_io  # pylint: disable=g-import-not-at-top
+  try:
+    state = pytorch_io.load(path)
+  except pytorch_io.PyTorchFileError as e:
+    raise CheckpointError(f"Checkpoint file {path!r} cannot be read as a score_sde_pytorch "
+                          f"checkpoint: {e}") from e
+  if not isinstance(state, dict):
+    raise CheckpointError(f"PyTorch file {path!r} holds a {type(state).__name__}, not a "
+                          "score_sde_pytorch checkpoint (a dict with model, ema, step).")
+  missing = [k for k in ("model", "ema", "step") if k not in state]
+  if missing:
+    raise CheckpointError(
+        f"PyTorch file {path!r} lacks {missing}: it is not a score_sde_pytorch checkpoint "
+        f"(top-level keys: {sorted(map(str, state))}; expected model, ema, optimizer, step).")
+  model, ema = state["model"], state["ema"]
+  if not (isinstance(model, dict) and model
+          and all(isinstance(v, np.ndarray) for v in model.values())):
+    raise CheckpointError(f"PyTorch file {path!r}: 'model' is not a state dict of tensors.")
+  if not (isinstance(ema, dict) and isinstance(ema.get("shadow_params"), (list, tuple))
+          and all(isinstance(v, np.ndarray) for v in ema["shadow_params"])):
+    raise CheckpointError(f"PyTorch file {path!r}: 'ema' lacks a list of tensors "
+                          "'shadow_params' (keys: "
+                          f"{sorted(map(str, ema)) if isinstance(ema, dict) else type(ema)}).")
+  try:
+    state["step"] = int(np.asarray(state["step"]))
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"PyTorch file {path!r}: 'step' is {state['step']!r}, not an "
+                          "integer.") from e
+  return state
+
+
+def _strip_module_prefix(model: dict, path: str) -> Dict[str, np.ndarray]:
+  """The state dict without the 'module.' prefix nn.DataParallel adds (all or none may have it)."""
+  prefixed = [k.startswith("module.") for k in model]
+  if all(prefixed):
+    return {k[len("module."):]: v for k, v in model.items()}
+  if any(prefixed):
+    raise CheckpointError(f"Checkpoint {path!r}: some state-dict names start with 'module.' "
+                          "and some do not; it is not one score_sde_pytorch model.")
+  return dict(model)
+
+
+def _ema_source(shadow, model, params_in_order, frozen):
+  """({torch key: EMA tensor}, problems): `ema.shadow_params` matched to the parameters.
+
+  score_sde_pytorch's EMA keeps one shadow tensor per trainable parameter, in the order of
+  `model.parameters()` (= state-dict order without buffers); parameters created with
+  requires_grad=False (the Fourier projection `W`) are left out and keep their model value. A list
+  with one entry per parameter, frozen ones included, is accepted too. The alignment is accepted
+  only if every shadow tensor has its parameter's shape. Returns (None, problems) otherwise.
+  """
+  shadow = list(shadow)
+  trainable = [k for k in params_in_order if k not in frozen]
+  candidates = [(keys, title) for keys, title in ((params_in_order, "parameter"),
+                                                   (trainable, "trainable parameter"))
+                if len(keys) == len(shadow)]
+  if not candidates:
+    return None, [f"ema.shadow_params has {len(shadow)} tensors but the state dict has "
+                  f"{len(params_in_order)} parameters ({len(trainable)} trainable); they cannot "
+                  "be matched"]
+  best = None
+  for keys, title in candidates:
+    wrong = [f"[{i}] {tensor.shape} vs {key} {model[key].shape}"
+             for i, (key, tensor) in enumerate(zip(keys, shadow))
+             if tensor.shape != model[key].shape]
+    if not wrong:
+      source = {k: model[k] for k in params_in_order}
+      source.update(zip(keys, shadow))
+      return source, []
+    if best is None or len(wrong) < len(best[2]):
+      best = (keys, title, wrong)
+  _, title, wrong = best
+  return None, [f"ema.shadow_params has {len(shadow)} tensors, one per {title}, but "
+                f"{len(wrong)} of them do not have the shape of their parameter: they do not "
+                f"follow the model's parameter order (first: {'; '.join(wrong[:3])})"]
+
+
+def load_score_sde_pytorch(path: str, config, use_ema: bool = True):
+  """Loads a score_sde_pytorch checkpoint (`torch.save` zip or legacy file) into flax variables.
+
+  Every tensor of the state dict is used exactly once and every flax variable filled exactly once
+  (the name and layout rules are in `models/torch_names.py`); the `sigmas` buffer must equal
+  `models.utils.get_sigmas(config)`. Anything else is one CheckpointError listing what is missing,
+  unmatched or mis-shaped.
+
+  Args:
+    path: the `.pth` file, or a workdir / folder holding one (see `find_checkpoint`).
+    config: the config whose model (`ncsnpp`, `ddpm`, `ncsnv2_*`) the checkpoint holds.
+    use_ema: take the EMA weights (`ema.shadow_params`, what sampling uses); False takes the raw
+      training weights (`model`).
+  Returns:
+    (variables, step): `{'params': {...}}` of numpy arrays shaped and typed as the flax model
+    expects, and the training step stored in the file.
+  """
+  source = "ema" if use_ema else "raw"
+  imported = import_score_sde_pytorch(path, config, sources=(source,))
+  return imported[source], imported["step"]
+
+
+def import_score_sde_pytorch(path: str, config, sources=("ema", "raw")) -> dict:
+  """`load_score_sde_pytorch` for several weight sets from one read of the file.
+
+  Returns {'ema': variables, 'raw': variables (those in `sources`), 'step': int, 'file': path,
+  'state': the file's top-level dict (see `read_pytorch_state`)}.
+  """
+  from models import torch_names  # pylint: disable=g-import-not-at-top
+  file = find_checkpoint(path) if os.path.isdir(path) else path
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"Checkpoint file {file!r} does not exist.")
+  state = read_pytorch_state(file)
+  model = _strip_module_prefix(state["model"], file)
+  try:
+    plan = torch_names.match(config, list(model))
+  except NotImplementedError as e:
+    raise CheckpointError(f"Checkpoint {file!r} cannot be imported for config.model.name="
+                          f"{config.model.name!r}: {e}") from e
+
+  # What does not depend on the weight set: names, buffers, leftovers.
+  problems = list(plan.problems)
+  missing, unmatched, buffers = [], [], []
+  claimed = {}
+  for rule in plan.rules:
+    if rule.torch_key in claimed:
+      problems.append(f"{rule.torch_key} would fill both {claimed[rule.torch_key]} and "
+                      f"{rule.flax_path}")
+    claimed[rule.torch_key] = rule.flax_path
+    if rule.torch_key not in model:
+      missing.append(f"{rule.torch_key} {rule.torch_shape} for {rule.flax_path}")
+  for key, expected in plan.buffers.items():
+    if key not in model:
+      buffers.append(f"{key} is absent (the PyTorch network registers it; expected shape "
+                     f"{expected.shape})")
+    elif model[key].shape != expected.shape or not np.allclose(model[key], expected,
+                                                               rtol=1e-6, atol=0):
+      buffers.append(
+          f"{key} {model[key].shape} differs from models.utils.get_sigmas(config) "
+          f"{expected.shape}: config.model.sigma_min/sigma_max/num_scales do not match the "
+          "checkpoint")
+  for key in model:
+    if key not in claimed and key not in plan.buffers:
+      unmatched.append(f"{key} {model[key].shape}")
+
+  params_in_order = [k for k in model if k not in plan.buffers]
+  frozen = {r.torch_key for r in plan.rules if r.frozen}
+  result = {"step": state["step"], "file": file, "state": state}
+  for source in sources:
+    source_problems = []
+    if source == "ema":
+      tensors, source_problems = _ema_source(state["ema"]["shadow_params"], model,
+                                             params_in_order, frozen)
+    elif source == "raw":
+      tensors = model
+    else:
+      raise ValueError(f"Unknown weight set {source!r}; choose 'ema' or 'raw'.")
+    misshaped, flat = [], {}
+    for rule in plan.rules:
+      if tensors is None or rule.torch_key not in tensors:  # already reported
+        continue
+      value = torch_names.to_flax(tensors[rule.torch_key], rule.layout, rule.flax_shape)
+      if value is None:
+        misshaped.append(f"{rule.torch_key}: file {tensors[rule.torch_key].shape}, model expects "
+                         f"{rule.torch_shape} for {rule.flax_path} {rule.flax_shape}")
+        continue
+      flat[tuple(rule.flax_path.split("/"))] = np.asarray(value, dtype=rule.flax_dtype)
+    listed = [(title, items) for title, items in (
+        ("structural problems", problems + source_problems),
+        ("missing from the file", missing), ("mis-shaped", misshaped),
+        ("unmatched tensors in the file", unmatched), ("buffer mismatches", buffers)) if items]
+    if listed:
+      raise CheckpointError(
+          f"Checkpoint {file!r} does not fit the model of config.model.name="
+          f"{config.model.name!r} (image_size={config.data.image_size}, {source} weights):\n"
+          + "\n".join(_listing(title, items) for title, items in listed))
+    result[source] = traverse_util.unflatten_dict(flat)
+  return result

@@ -14,6 +14,9 @@ _SAMPLING_DEFAULTS = dict(
     seed=0,                        # PRNG seed of sampling
     checkpoint_step=0,             # which checkpoint_<n> to load; 0 = newest
     checkpoint_dir='',             # '' = <workdir>/checkpoints
+    # 'highest' = exact float32 convolutions; 'default' lets GPUs use TF32 (about 2x faster,
+    # ~1e-3 relative error against the released networks; benchmarks/results/).
+    matmul_precision='highest',
     # With TDAS on, also sample the first batch without it (same seed): vanilla_vs_tdas.png.
     vanilla_comparison=True,
     # Multi-host (pods): jax.distributed.initialize when an address is set.

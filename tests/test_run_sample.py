@@ -103,3 +103,23 @@ def test_missing_checkpoint_names_the_folder(tmp_path):
   config.sampling.checkpoint_dir = ""
   with pytest.raises(FileNotFoundError, match=str(tmp_path)):
     run_lib.sample(config, str(tmp_path))
+
+
+def test_pytorch_release_checkpoint_samples_with_and_without_tdas(tmp_path):
+  """A score_sde_pytorch `.pth` in <workdir>/checkpoints/ is found and sampled like a JAX one."""
+  import json as json_lib  # pylint: disable=g-import-not-at-top
+  from reference_cases import config_from_dict  # pylint: disable=g-import-not-at-top
+  source = os.path.join(GOLDEN_DIR, "score_sde_pytorch_checkpoint", "ncsnpp_ffhq_small")
+  (tmp_path / "checkpoints").mkdir()
+  shutil.copy(os.path.join(source, "checkpoint_26.pth"), tmp_path / "checkpoints")
+  with np.load(os.path.join(source, "reference.npz")) as reference:
+    config = add_project_fields(config_from_dict(json_lib.loads(str(reference["config_json"]))))
+  config.eval.batch_size = 4
+  config.eval.num_samples = 4
+  config.sampling.num_steps = 2
+  config.sampling.tdas.enabled = True
+  config.sampling.tdas.lambda2 = 0.8
+  summary = run_lib.sample(config, str(tmp_path))
+  assert summary["source"].endswith("checkpoint_26.pth") and summary["nfe"] == 4
+  for name in ("samples_0.npz", "vanilla_vs_tdas.png"):
+    assert os.path.isfile(tmp_path / "eval" / name)

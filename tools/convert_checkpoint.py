@@ -1,0 +1,107 @@
+"""Converts a score_sde_pytorch checkpoint into a released-format (flax msgpack) checkpoint, once.
+
+    python -m tools.convert_checkpoint --config configs/ve/ffhq_ncsnpp_continuous.py \
+        --input checkpoint_48.pth --output runs/ffhq
+
+reads `--input` without PyTorch (`checkpoints.load_score_sde_pytorch`), checks it against the
+config's model, and writes `<output>/checkpoints/checkpoint_<step>` in the JAX release's layout:
+`params_ema` (the EMA weights sampling uses), `model_state`, `step`, `ema_rate` (the EMA decay),
+`lr` (the optimiser's learning rate, when stored) and `optimizer.target` (the raw training
+weights) with `optimizer.state.step`. Adam moments and the RNG are not carried over. The file is
+written atomically (temporary file, then rename), so `main.py --mode sample --workdir <output>`
+and `checkpoints.load_score_sde` read it as they read a released checkpoint.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from flax import serialization
+from ml_collections.config_flags import config_flags
+
+import checkpoints
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file of the checkpoint's model (e.g. "
+    "configs/ve/ffhq_ncsnpp_continuous.py); override fields with --config.<field>=<value>.",
+    lock_config=True)
+flags.DEFINE_string("input", None, "score_sde_pytorch checkpoint (.pth, zip or legacy format).")
+flags.DEFINE_string("output", None, "Work directory to write <output>/checkpoints/"
+                    "checkpoint_<step> into.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint_<step> in the output.")
+flags.mark_flags_as_required(["config", "input", "output"])
+
+
+def _float_or_none(value):
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return None
+
+
+def convert(config, input_path: str, output_dir: str, overwrite: bool = False) -> str:
+  """Writes `input_path`'s weights as `<output_dir>/checkpoints/checkpoint_<step>`.
+
+  Args:
+    config: the config whose model the checkpoint holds.
+    input_path: the score_sde_pytorch `.pth` file.
+    output_dir: work directory of the converted checkpoint.
+    overwrite: replace an existing file of the same step instead of refusing.
+  Returns:
+    The path written.
+  """
+  if os.path.isdir(input_path):
+    raise ValueError(f"--input {input_path!r} is a directory; pass the .pth file itself.")
+  step = checkpoints.read_pytorch_state(input_path)["step"]
+  folder = os.path.join(output_dir, "checkpoints")
+  target = os.path.join(folder, f"checkpoint_{step}")
+  if os.path.exists(target) and not overwrite:
+    raise ValueError(f"{target!r} already exists; pass --overwrite to replace it.")
+  imported = checkpoints.import_score_sde_pytorch(input_path, config, sources=("ema", "raw"))
+  ema_variables, raw_variables = imported["ema"], imported["raw"]
+  stored = imported["state"]
+
+  state = {
+      "step": step,
+      "params_ema": ema_variables["params"],
+      "model_state": {k: v for k, v in ema_variables.items() if k != "params"},
+      "optimizer": {"target": raw_variables["params"], "state": {"step": step}},
+  }
+  ema_rate = _float_or_none(stored["ema"].get("decay"))
+  if ema_rate is not None:
+    state["ema_rate"] = ema_rate
+  optimizer = stored.get("optimizer")
+  groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+  if groups and isinstance(groups[0], dict) and _float_or_none(groups[0].get("lr")) is not None:
+    state["lr"] = float(groups[0]["lr"])
+
+  data = serialization.msgpack_serialize(state)
+  os.makedirs(folder, exist_ok=True)
+  tmp = os.path.join(folder, f".checkpoint_{step}.tmp-{os.getpid()}")
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+    checkpoints.load_score_sde(tmp, config=config)  # reads back as a released checkpoint
+    os.replace(tmp, target)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  logging.info("Converted %s (step %d) to %s.", input_path, step, target)
+  return target
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    path = convert(FLAGS.config, FLAGS.input, FLAGS.output, overwrite=FLAGS.overwrite)
+  except (FileNotFoundError, ValueError) as error:  # CheckpointError is a ValueError.
+    logging.error("%s", error)
+    sys.exit(f"Error: {error}")
+  print(path)
+
+
+if __name__ == "__main__":
+  app.run(main)
