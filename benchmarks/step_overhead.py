@@ -31,6 +31,9 @@ flags.DEFINE_integer("steps", 4, "Sampler steps per timed call.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats of each variant (interleaved); the minimum "
                      "is reported.")
 flags.DEFINE_string("out", "step_overhead.json", "JSON output.")
+flags.DEFINE_enum("precision", "highest", ["default", "high", "highest"],
+                  "jax_default_matmul_precision (GPUs run float32 convolutions as TF32 under "
+                  "'default').")
 FLAGS = flags.FLAGS
 
 
@@ -83,18 +86,19 @@ def measure(config, batch, steps, repeats):
 
 def main(argv):
   del argv
+  jax.config.update("jax_default_matmul_precision", FLAGS.precision)
   config = importlib.import_module("configs." + FLAGS.config.replace("/", ".")).get_config()
   if FLAGS.nf:
     config.model.nf = FLAGS.nf
   rows = [measure(config, int(b), FLAGS.steps, FLAGS.repeats) for b in FLAGS.batch]
-  result = dict(config=FLAGS.config, nf=config.model.nf, image_size=config.data.image_size,
+  result = dict(config=FLAGS.config, nf=config.model.nf, precision=FLAGS.precision, image_size=config.data.image_size,
                 device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform,
                 rows=rows)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, "w") as f:
     json.dump(result, f, indent=2)
   print(f"{FLAGS.config} at {config.data.image_size} px, nf {config.model.nf}, on "
-        f"{result['device']}")
+        f"{result['device']}, matmul precision {FLAGS.precision}")
   print("| batch | forward (s) | step vanilla (s) | step TDAS (s) | TDAS overhead | "
         "step / (evals x forward) |")
   print("|---|---|---|---|---|---|")
