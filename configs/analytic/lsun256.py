@@ -10,4 +10,5 @@ from configs.analytic import get_analytic_config
 
 def get_config():
   return get_analytic_config(image_size=256, sigma_max=348, dataset='LSUN',
-                             target_mean=(0.47, 0.46, 0.44), target_mean_radial=0.05)
+                             target_mean=(0.47, 0.46, 0.44), target_mean_radial=0.05,
+                             snr=0.075)
