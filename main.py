@@ -27,7 +27,20 @@ flags.DEFINE_string("workdir", None, "Work directory: checkpoints are read from 
 flags.DEFINE_enum("mode", None, sorted(MODES), "What to run: " + "; ".join(
     f"{name}: {fn.__doc__.splitlines()[0]}" for name, fn in sorted(MODES.items())))
 flags.DEFINE_string("eval_folder", "eval", "Folder under --workdir for evaluation output.")
+flags.DEFINE_float("speedup", None, "Shorthand for --config.sampling.speedup=K "
+                   "--config.sampling.num_steps=0: sample with round(model.num_scales / K) steps.")
+flags.DEFINE_bool("tdas", None, "Shorthand for --config.sampling.tdas.enabled=true (or false).")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
+
+
+def apply_shorthands(config):
+  """The convenience flags only override config fields."""
+  if FLAGS.speedup is not None:
+    config.sampling.speedup = FLAGS.speedup
+    config.sampling.num_steps = 0
+  if FLAGS.tdas is not None:
+    config.sampling.tdas.enabled = FLAGS.tdas
+  return config
 
 
 def main(argv):
@@ -35,8 +48,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.info("mode=%s workdir=%s", FLAGS.mode, os.path.abspath(FLAGS.workdir))
   try:
-    MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir, eval_folder=FLAGS.eval_folder)
-  except (FileNotFoundError, ValueError) as error:  # CheckpointError is a ValueError.
+    MODES[FLAGS.mode](apply_shorthands(FLAGS.config), FLAGS.workdir,
+                      eval_folder=FLAGS.eval_folder)
+  except (FileNotFoundError, ValueError, run_lib.SamplingError) as error:
+    # CheckpointError is a ValueError.
     # A user's mistake (a missing file, a bad config value) gets its message, not a traceback.
     logging.error("%s", error)
     sys.exit(f"Error: {error}")

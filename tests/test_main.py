@@ -58,3 +58,22 @@ def test_config_override_reaches_the_loader(golden_config_file):
                 "--config.sampling.checkpoint_step=7")
   assert result.returncode != 0
   assert "no checkpoint_7" in result.stderr and "[3]" in result.stderr
+
+
+def test_sample_mode_with_shorthand_flags(tmp_path):
+  result = _run("--config", "configs/analytic/ffhq32.py", "--workdir", str(tmp_path), "--mode",
+                "sample", "--speedup", "100", "--tdas", "--config.eval.num_samples=4",
+                "--config.eval.batch_size=4", "--config.sampling.tdas.lambda2=0.9")
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.load(open(tmp_path / "eval" / "sampling.json"))
+  assert summary["steps"] == 20 and summary["speedup"] == 100
+  assert summary["tdas"]["enabled"] and summary["tdas"]["lambda2"] == 0.9
+  assert (tmp_path / "eval" / "vanilla_vs_tdas.png").is_file()
+
+
+def test_bad_config_value_is_one_clear_line(tmp_path):
+  result = _run("--config", "configs/analytic/ffhq32.py", "--workdir", str(tmp_path), "--mode",
+                "sample", "--config.sampling.predictor=heun")
+  assert result.returncode != 0
+  assert "Error: config.sampling.predictor='heun' is not a known predictor" in result.stderr
+  assert "Traceback" not in result.stderr
