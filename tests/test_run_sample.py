@@ -123,3 +123,17 @@ def test_pytorch_release_checkpoint_samples_with_and_without_tdas(tmp_path):
   assert summary["source"].endswith("checkpoint_26.pth") and summary["nfe"] == 4
   for name in ("samples_0.npz", "vanilla_vs_tdas.png"):
     assert os.path.isfile(tmp_path / "eval" / name)
+
+
+def test_ode_method_samples_with_tdas_initial_noise(tmp_path):
+  config = _analytic_config()
+  config.eval.num_samples = 4
+  config.sampling.method = "ode"
+  config.sampling.ode.rtol = config.sampling.ode.atol = 1e-3
+  config.sampling.tdas.enabled = True
+  config.sampling.tdas.lambda2 = 0.8
+  config.sampling.vanilla_comparison = False
+  summary = run_lib.sample(config, str(tmp_path))
+  assert summary["method"] == "ode" and summary["nfe"] > 10
+  samples = np.load(tmp_path / "eval" / "samples_0.npz")["samples"]
+  assert samples.shape == (4, 32, 32, 3)
