@@ -1,0 +1,191 @@
+"""The metrics of a sample folder (`--mode eval`): FID, KID, IS, precision/recall, frequency
+deviation, against the data set's statistics files.
+
+`run_lib.evaluate` calls `evaluate_folder` and writes the result as `metrics.json`.
+"""
+import os
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+from absl import logging
+
+from evaluation import inception as inception_lib
+from evaluation import metrics
+from evaluation import statistics
+
+_TRANSFORM_KEYS = {"dct": "dct_amplitude", "dft": "dft_amplitude"}
+
+
+def frequency_reference(config, workdir: str, stats: Dict[str, Any]
+                        ) -> Optional[Dict[str, Any]]:
+  """The data's mean-amplitude maps for the frequency deviation, or None when there are none.
+
+  `config.eval.frequency_stats_file` (an .npz with `dct_amplitude` and/or `dft_amplitude` (H, W)
+  of images in [0, 1], as `--mode stats` writes) if set; else the `dct_amplitude` the Inception
+  statistics file may carry; else `<workdir>/stats/frequency_<dataset>_<size>.npz` if it exists.
+
+  Returns:
+    {'path': file, 'maps': {'dct': (H, W), ...}} or None.
+  """
+  path = str(config.eval.get("frequency_stats_file", "") or "")
+  if not path:
+    if "dct_amplitude" in stats:
+      return dict(path=stats.get("path"), maps=dict(dct=stats["dct_amplitude"]))
+    default = statistics.frequency_stats_path(workdir, config.data.dataset,
+                                              config.data.image_size)
+    if not os.path.isfile(default):
+      return None
+    path = default
+  label = (f"config.eval.frequency_stats_file={path!r}" if config.eval.get("frequency_stats_file")
+           else f"Frequency statistics {path!r}")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.eval.frequency_stats_file={path!r} does not exist: make it "
+                            "with `--mode stats`, or clear the field to skip the frequency "
+                            "deviation.")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      maps = {t: np.asarray(data[k], np.float64) for t, k in _TRANSFORM_KEYS.items()
+              if k in data.files}
+      files = list(data.files)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{label} is not a readable .npz: "
+                     f"{type(e).__name__}: {e}") from e
+  if not maps:
+    raise ValueError(f"{label} holds {files}; expected "
+                     "`dct_amplitude` (H, W) (and/or `dft_amplitude`).")
+  for transform, amplitude in maps.items():
+    if amplitude.ndim == 3:  # per channel: the deviation uses the channel average
+      maps[transform] = amplitude.mean(axis=2)
+    elif amplitude.ndim != 2:
+      raise ValueError(f"{path!r}: `{_TRANSFORM_KEYS[transform]}` has shape {amplitude.shape}; "
+                       "expected (H, W).")
+  return dict(path=path, maps=maps)
+
+
+def _subset(features: np.ndarray, size: int, seed: int) -> np.ndarray:
+  if len(features) <= size:
+    return features
+  rng = np.random.default_rng(seed)
+  return features[np.sort(rng.choice(len(features), size, replace=False))]
+
+
+def evaluate_folder(config, workdir: str, folder: str, extractor=None,
+                    weights_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """FID, KID, IS (and precision/recall, frequency deviation) of `folder`'s samples_*.npz.
+
+  Every input is checked before any feature is computed: the sample files, the statistics file
+  (`config.eval.stats_file`, default `<workdir>/stats/<dataset>_<size>.npz`), the frequency file
+  and the Inception weights. Each missing one is a FileNotFoundError naming it.
+
+  Args:
+    config: the run's config (`config.eval.*` fields).
+    workdir: the work directory (for the default statistics path).
+    folder: the sample folder.
+    extractor: an `inception.FeatureExtractor` to use instead of building one from the config
+      (tests); `weights_info` then describes its weights.
+  Returns:
+    The JSON-ready metrics dict (see README): `fid`, `kid` {mean, std, subset_size, num_subsets}
+    or None, `inception_score` {mean, std, splits}, `precision_recall` or None,
+    `frequency_deviation` {transform: {radius, deviation, mean_abs_log_deviation}} or None, and
+    what they were computed from.
+  """
+  start_time = time.time()
+  evaluate = config.eval
+  files = statistics.sample_files(folder)
+  stats_file = statistics.stats_path_for_config(config, workdir)
+  stats = statistics.load_statistics(stats_file)
+  stats["path"] = stats_file
+  if stats["mu"].shape != (inception_lib.FEATURE_DIM,):
+    raise ValueError(f"Statistics file {stats_file!r} holds {stats['mu'].shape[0]}-d features; "
+                     f"FID uses the {inception_lib.FEATURE_DIM}-d pool_3 features.")
+  frequency = frequency_reference(config, workdir, stats)
+  if frequency is not None:
+    image_size = statistics.read_samples(files[0]).shape[1:3]
+    for transform, data_map in frequency["maps"].items():
+      if data_map.shape != image_size:
+        raise ValueError(f"The frequency statistics {frequency['path']!r} are of {data_map.shape} "
+                         f"images ({transform}), the samples are {image_size}.")
+  if extractor is None:
+    extractor, weights_info = inception_lib.extractor_from_config(config)
+  weights_info = dict(weights_info or {})
+  notes = []
+  if stats.get("resize") and stats["resize"] != extractor.resize:
+    notes.append(f"the statistics were computed with resize={stats['resize']!r}, the samples "
+                 f"with {extractor.resize!r}: FID mixes two preprocessings.")
+  if stats.get("input_scaling") and stats["input_scaling"] != extractor.input_scaling:
+    notes.append(f"the statistics were computed with input_scaling={stats['input_scaling']!r}, "
+                 f"the samples with {extractor.input_scaling!r}.")
+  stats_sha, weights_sha = stats.get("inception_sha256", ""), weights_info.get("sha256", "")
+  if stats_sha and weights_sha and stats_sha != weights_sha:
+    notes.append("the statistics were computed with other Inception weights "
+                 f"({stats_sha[:8]}...) than the samples ({weights_sha[:8]}...).")
+
+  from tdas import stats as tdas_stats  # pylint: disable=g-import-not-at-top
+  spectra = tdas_stats.ImageStatistics(tuple(frequency["maps"]) if frequency else ("dct",))
+  shapes = []
+
+  def images():
+    for samples in statistics.iterate_samples(files):
+      shapes.append(samples.shape[1:])
+      if frequency is not None:
+        spectra.update(samples.astype(np.float32) / 255.0)
+      yield samples
+
+  pools, logits = [], []
+  total = 0
+  for batch in extractor.batches(images()):
+    pools.append(batch["pool"])
+    logits.append(batch["logits_unbiased"])
+    total += len(batch["pool"])
+    logging.log_every_n_seconds(logging.INFO, "Inception features of %d samples.", 30, total)
+  if total < 2:
+    raise ValueError(f"{folder!r} holds {total} sample(s); FID needs at least 2.")
+  pool = np.concatenate(pools).astype(np.float64)
+  logits = np.concatenate(logits)
+
+  fid = metrics.frechet_distance_to_gaussian(pool, stats["mu"], stats["sigma"])
+  if total < pool.shape[1]:
+    notes.append(f"FID from {total} samples (< {pool.shape[1]} feature dimensions) is biased "
+                 "upwards; use >= 10k (50k for published numbers).")
+  kid = None
+  if stats["features"] is None:
+    notes.append("KID skipped: the statistics file holds mu/sigma only (no `features`).")
+  else:
+    kid = metrics.kernel_inception_distance(
+        stats["features"], pool, num_subsets=int(evaluate.get("kid_subsets", 100)),
+        max_subset_size=int(evaluate.get("kid_subset_size", 1000)))
+  splits = min(int(evaluate.get("is_splits", 10)), total)
+  inception_score = metrics.inception_score(logits, splits=splits)
+  precision_recall = None
+  pr_samples = int(evaluate.get("precision_recall_samples", 0))
+  if pr_samples > 0:
+    if stats["features"] is None:
+      notes.append("precision/recall skipped: the statistics file has no `features`.")
+    else:
+      precision_recall = metrics.precision_recall(_subset(stats["features"], pr_samples, 1),
+                                                  _subset(pool, pr_samples, 2))
+  frequency_deviation = None
+  if frequency is not None:
+    frequency_deviation = {}
+    for transform, data_map in frequency["maps"].items():
+      frequency_deviation[transform] = metrics.radial_deviation(
+          spectra.amplitude(transform), data_map, int(evaluate.get("frequency_bins", 16)),
+          transform)
+  for note in notes:
+    logging.warning("%s", note)
+  return dict(
+      fid=fid, kid=kid, inception_score=inception_score, precision_recall=precision_recall,
+      frequency_deviation=frequency_deviation,
+      num_samples=int(total), image_shape=[int(s) for s in shapes[0]],
+      sample_files=[os.path.basename(f) for f in files],
+      stats_file=os.path.abspath(stats_file), stats_layout=stats["layout"],
+      stats_num_images=stats["num_images"],
+      frequency_stats_file=(os.path.abspath(frequency["path"])
+                            if frequency and frequency["path"] else None),
+      inception_weights=weights_info.get("path"), inception_sha256=weights_sha or None,
+      official_weights=bool(weights_info.get("official", False)),
+      resize=extractor.resize, input_scaling=extractor.input_scaling,
+      inception_input_size=extractor.image_size,
+      is_logits="pool_3 @ fc.kernel (no bias), as the original Inception Score code",
+      notes=notes, seconds=time.time() - start_time)

@@ -1,0 +1,301 @@
+"""Inception statistics of image sets: computing, writing and reading them; sample folders.
+
+A statistics file is an `.npz` with
+  `mu` (2048,) float64, `sigma` (2048, 2048) float64 — mean and covariance (ddof 1) of the pool
+  features —, optionally `features` (M, 2048) float32 (a random subset, for KID and
+  precision/recall), `num_images`, and string metadata (`resize`, `input_scaling`,
+  `inception_sha256`, `dataset`, `image_size`).
+The TTUR / pytorch-fid `.npz` (`mu`, `sigma`) reads the same way; score_sde's `<dataset>_stats.npz`
+(`pool_3`: all (N, 2048) features) gives mu/sigma computed from its features.
+By convention the data set's file is `<workdir>/stats/<dataset>_<image size>.npz` (`stats_path`);
+`--mode stats` writes the frequency statistics next to it (`frequency_stats_path`).
+"""
+import glob
+import os
+import re
+import tempfile
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from evaluation import inception as inception_lib
+
+_METADATA_KEYS = ("resize", "input_scaling", "inception_sha256", "dataset", "image_size")
+
+
+def dataset_stem(dataset: str, image_size: int) -> str:
+  """`<dataset>_<image_size>` with the name in lower case, runs of other characters than [a-z0-9]
+  made one `_` (as `--mode stats` names its files): 'CIFAR10', 32 -> 'cifar10_32'."""
+  name = re.sub(r"[^a-z0-9]+", "_", str(dataset).lower()).strip("_") or "data"
+  return f"{name}_{int(image_size)}"
+
+
+def stats_path(workdir: str, dataset: str, image_size: int) -> str:
+  """`<workdir>/stats/<dataset_stem>.npz`, e.g. runs/c10/stats/cifar10_32.npz."""
+  return os.path.join(workdir, "stats", dataset_stem(dataset, image_size) + ".npz")
+
+
+def frequency_stats_path(workdir: str, dataset: str, image_size: int) -> str:
+  """`<workdir>/stats/frequency_<dataset_stem>.npz`: where `--mode stats` writes `dct_amplitude`."""
+  return os.path.join(workdir, "stats", f"frequency_{dataset_stem(dataset, image_size)}.npz")
+
+
+def stats_path_for_config(config, workdir: str) -> str:
+  """`config.eval.stats_file` if set, else `stats_path` of `config.data.dataset`/`image_size`."""
+  configured = str(config.eval.get("stats_file", "") or "")
+  return configured or stats_path(workdir, config.data.dataset, config.data.image_size)
+
+
+class FeatureMoments:
+  """Streaming mean and covariance (ddof 1) of (n, D) feature batches, float64.
+
+  Sums are taken about the first batch's mean, which keeps the covariance accurate when the mean
+  is large relative to the spread.
+  """
+
+  def __init__(self):
+    self.count = 0
+    self._shift = None
+    self._sum = None
+    self._outer = None
+
+  def update(self, features) -> None:
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2:
+      raise ValueError(f"Features must be (n, D), got shape {features.shape}.")
+    if features.shape[0] == 0:
+      return
+    if self._shift is None:
+      self._shift = features.mean(axis=0)
+      self._sum = np.zeros_like(self._shift)
+      self._outer = np.zeros((features.shape[1],) * 2)
+    centred = features - self._shift
+    self._sum += centred.sum(axis=0)
+    self._outer += centred.T @ centred
+    self.count += features.shape[0]
+
+  @property
+  def mean(self) -> np.ndarray:
+    """(D,)"""
+    return self._shift + self._sum / self.count
+
+  @property
+  def covariance(self) -> np.ndarray:
+    """(D, D), unbiased."""
+    if self.count < 2:
+      raise ValueError(f"A covariance needs at least 2 images, got {self.count}.")
+    centre = self._sum / self.count
+    cov = (self._outer - self.count * np.outer(centre, centre)) / (self.count - 1)
+    return (cov + cov.T) / 2.0
+
+
+class FeatureSubset:
+  """A uniform random subset of at most `size` rows of a stream (priority sampling, seeded)."""
+
+  def __init__(self, size: int, seed: int = 0):
+    self.size = int(size)
+    self._rng = np.random.default_rng(seed)
+    self._keys = np.zeros((0,))
+    self._rows = None
+
+  def update(self, rows: np.ndarray) -> None:
+    if self.size <= 0 or len(rows) == 0:
+      return
+    keys = self._rng.random(len(rows))
+    rows = np.asarray(rows, np.float32)
+    all_keys = np.concatenate([self._keys, keys])
+    all_rows = rows if self._rows is None else np.concatenate([self._rows, rows])
+    if len(all_keys) > self.size:
+      keep = np.sort(np.argpartition(all_keys, self.size - 1)[:self.size])
+      all_keys, all_rows = all_keys[keep], all_rows[keep]
+    self._keys, self._rows = all_keys, all_rows
+
+  @property
+  def rows(self) -> Optional[np.ndarray]:
+    return self._rows
+
+
+def _as_batches(images) -> Iterable[np.ndarray]:
+  if isinstance(images, np.ndarray):
+    return [images]
+  return images
+
+
+def feature_statistics(images, extractor=None, config=None, *, max_features: int = 10000,
+                       seed: int = 0, progress: bool = True, total: Optional[int] = None
+                       ) -> Dict[str, Any]:
+  """mu / sigma of the Inception pool features of a set of uint8 images.
+
+  Args:
+    images: one uint8 (N, H, W, C) array or an iterable of such batches (e.g. a data set read
+      batch by batch); C is 1 or 3, any H, W (resized for the network, see `config.eval.resize`).
+    extractor: an `inception.FeatureExtractor`; built from `config` (`config.eval.
+      inception_weights`, `resize`, `inception_batch_size`) when None.
+    config: used only when `extractor` is None.
+    max_features: keep a uniform random subset of at most this many features (float32) under
+      `features`, for KID and precision/recall against the set; 0 keeps none.
+    seed: seed of that subset.
+    progress: show a tqdm bar (over images; `total` sets its length).
+  Returns:
+    {'mu': (2048,) float64, 'sigma': (2048, 2048) float64, 'num_images': N, 'features':
+     (min(N, max_features), 2048) float32 or absent, 'resize' and 'input_scaling': the
+     preprocessing, 'inception_sha256': the weights' hash (when known)}.
+  """
+  info = {}
+  if extractor is None:
+    if config is None:
+      raise ValueError("feature_statistics needs an extractor or a config to build one from.")
+    extractor, info = inception_lib.extractor_from_config(config)
+  moments, subset = FeatureMoments(), FeatureSubset(max_features, seed)
+  with tqdm(total=total, desc="Inception features", unit="img", disable=not progress) as bar:
+    for features in extractor.batches(_as_batches(images)):
+      moments.update(features["pool"])
+      subset.update(features["pool"])
+      bar.update(len(features["pool"]))
+  if moments.count < 2:
+    raise ValueError(f"Statistics need at least 2 images, got {moments.count}.")
+  stats = dict(mu=moments.mean, sigma=moments.covariance, num_images=moments.count,
+               resize=extractor.resize, input_scaling=extractor.input_scaling)
+  if subset.rows is not None:
+    stats["features"] = subset.rows
+  if info.get("sha256"):
+    stats["inception_sha256"] = info["sha256"]
+  return stats
+
+
+def save_statistics(path: str, stats: Dict[str, Any], **metadata) -> str:
+  """Writes `stats` (`mu`, `sigma`, optional `features`, `num_images`, strings) plus `metadata`
+  (e.g. dataset='CIFAR10', image_size=32, dct_amplitude=...) to `path` atomically. Returns path."""
+  arrays = {}
+  for key, value in {**stats, **metadata}.items():
+    if value is None:
+      continue
+    arrays[key] = np.asarray(value)
+    if arrays[key].dtype == object:
+      raise ValueError(f"Statistics entry {key!r} is not an array, number or string.")
+  for key in ("mu", "sigma"):
+    if key not in arrays:
+      raise ValueError(f"Statistics to save lack {key!r}.")
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
+    np.savez(f, **arrays)
+    temporary = f.name
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(temporary, 0o666 & ~umask)  # a temporary file is private; the result is not
+  os.replace(temporary, path)
+  return path
+
+
+def load_statistics(path: str, field: str = "config.eval.stats_file") -> Dict[str, Any]:
+  """Reads a statistics file: ours / TTUR (`mu`, `sigma`) or score_sde's (`pool_3` features).
+
+  Returns:
+    {'mu': (D,), 'sigma': (D, D) float64, 'features': (M, D) float32 or None, 'num_images': int
+     or None, 'layout': 'mu_sigma' | 'pool_3', and any of `resize`, `input_scaling`,
+     `inception_sha256`, `dataset`, `image_size` (str) and `dct_amplitude` (H, W) stored in the
+     file}.
+  Raises:
+    FileNotFoundError naming `path` and how to make it; ValueError for a file without either
+    layout.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"Statistics file {path!r} does not exist: make it with `--mode stats` (it writes "
+        f"<workdir>/stats/<dataset>_<size>.npz) or point {field} at an existing .npz (ours, "
+        "pytorch-fid's mu/sigma, or score_sde's <dataset>_stats.npz with pool_3).")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      contents = {k: data[k] for k in data.files}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"Statistics file {path!r} is not a readable .npz (truncated or damaged?): "
+                     f"{type(e).__name__}: {e}") from e
+  out: Dict[str, Any] = {}
+  if "mu" in contents and "sigma" in contents:
+    out.update(mu=np.asarray(contents["mu"], np.float64),
+               sigma=np.asarray(contents["sigma"], np.float64), layout="mu_sigma")
+    features = contents.get("features")
+    out["features"] = None if features is None else np.asarray(features, np.float32)
+    out["num_images"] = int(contents["num_images"]) if "num_images" in contents else None
+  elif "pool_3" in contents:
+    pool = np.asarray(contents["pool_3"], np.float64)
+    pool = pool.reshape(pool.shape[0], -1)
+    out["mu"] = pool.mean(axis=0)
+    out["sigma"] = np.cov(pool, rowvar=False)
+    out.update(features=pool.astype(np.float32), num_images=int(pool.shape[0]), layout="pool_3")
+  else:
+    raise ValueError(f"Statistics file {path!r} holds {sorted(contents)}; expected `mu` and "
+                     "`sigma` (this project, pytorch-fid) or `pool_3` (score_sde).")
+  dim = out["mu"].shape
+  if out["mu"].ndim != 1 or out["sigma"].shape != dim * 2:
+    raise ValueError(f"Statistics file {path!r}: mu {out['mu'].shape} and sigma "
+                     f"{out['sigma'].shape} do not fit together.")
+  if out["features"] is not None and out["features"].shape[1:] != dim:
+    raise ValueError(f"Statistics file {path!r}: features {out['features'].shape} do not fit mu "
+                     f"{dim}.")
+  for key in _METADATA_KEYS:
+    if key in contents:
+      out[key] = str(contents[key])
+  if "dct_amplitude" in contents:
+    out["dct_amplitude"] = np.asarray(contents["dct_amplitude"], np.float64)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample folders
+
+_SAMPLE_FILE = re.compile(r"samples_(\d+)(?:_host(\d+))?\.npz$")
+
+
+def sample_files(folder: str) -> List[str]:
+  """Every `samples_*.npz` in `folder`, by round then host (samples_2 before samples_10).
+
+  Raises FileNotFoundError when the folder or the files are missing.
+  """
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"Sample folder {folder!r} does not exist: draw samples with "
+                            "`--mode sample` (same --workdir and --eval_folder) first.")
+  files = glob.glob(os.path.join(folder, "samples_*.npz"))
+
+  def order(path):
+    match = _SAMPLE_FILE.search(os.path.basename(path))
+    if match is None:
+      return (1, 0, 0, os.path.basename(path))
+    return (0, int(match.group(1)), int(match.group(2) or 0), "")
+
+  if not files:
+    raise FileNotFoundError(f"No samples_*.npz in {folder!r}: draw samples with `--mode sample` "
+                            "(same --workdir and --eval_folder) first.")
+  return sorted(files, key=order)
+
+
+def read_samples(path: str) -> np.ndarray:
+  """The uint8 (N, H, W, C) array `samples` of one sample file (C = 1 or 3)."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      if "samples" not in data.files:
+        raise ValueError(f"Sample file {path!r} has no `samples` array (it holds {data.files}).")
+      samples = data["samples"]
+  except ValueError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"Sample file {path!r} is not a readable .npz (truncated or damaged?): "
+                     f"{type(e).__name__}: {e}") from e
+  if samples.dtype != np.uint8 or samples.ndim != 4 or samples.shape[-1] not in (1, 3):
+    raise ValueError(f"Sample file {path!r}: `samples` is {samples.dtype} {samples.shape}; "
+                     "expected uint8 (N, H, W, 1 or 3) as `--mode sample` writes.")
+  return samples
+
+
+def iterate_samples(files: Sequence[str]) -> Iterator[np.ndarray]:
+  """Yields each file's samples in turn, checking that all have one image shape."""
+  shape = None
+  for path in files:
+    samples = read_samples(path)
+    if shape is not None and samples.shape[1:] != shape:
+      raise ValueError(f"Sample file {path!r} holds {samples.shape[1:]} images, the earlier "
+                       f"files {shape}.")
+    shape = samples.shape[1:]
+    yield samples
