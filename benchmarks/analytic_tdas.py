@@ -5,9 +5,21 @@
 For each budget N' and with the exact score and with the high-frequency score error of
 SEMANTICS §7, it samples the target with the vanilla PC sampler and with TDAS, and measures the
 exact W2 per dimension between the samples' DCT-diagonal Gaussian and the target, and the std ratio
-per radial band. TDAS's zoned filter is calibrated per budget as the paper does (a separate
-calibration seed): Dev = S(N') / S(full N) from vanilla samples, zones fitted by least squares.
-`w2_floor` is the W2 of exact target samples of the same count (the sampling-noise floor).
+per radial band. `w2_floor` is the W2 of exact target samples of the same count (the
+sampling-noise floor).
+
+TDAS's filters come from one of two places:
+- calibrated here per budget, with the code of `--mode calibrate` (`tdas.stats`,
+  `tdas.calibration.calibrate_frequency_filter`, a separate calibration seed): Dev = S(N') / S(N)
+  from vanilla samples, the filter of `--method` (zones by least squares by default);
+- or read from `--mode calibrate` output: `--calibration_dir W/calibration` takes
+  `filters_<N'>.npz` for each budget. Those files were calibrated for one config (with or without
+  the score error), so pass the matching `--score_errors`, e.g.
+
+    python main.py --config configs/analytic/ffhq64.py --workdir runs/cal64 --mode calibrate \
+        --config.model.score_error=True --config.calibrate.steps=50
+    python -m benchmarks.analytic_tdas --size 64 --budgets 100,50 --score_errors on \
+        --calibration_dir runs/cal64/calibration --out runs/analytic_tdas_calibrated_64.json
 """
 import json
 import os
@@ -21,7 +33,7 @@ import run_lib
 from configs.analytic import ffhq32, ffhq64, lsun256
 from models import analytic
 from models import utils as model_utils
-from tdas import calibration, filters as tdas_filters
+from tdas import calibration, filter_file, stats as tdas_stats
 
 CONFIGS = {32: ffhq32, 64: ffhq64, 256: lsun256}
 
@@ -32,6 +44,12 @@ flags.DEFINE_integer("calibration_samples", 128, "Samples per calibration run.")
 flags.DEFINE_list("budgets", ["2000", "1000", "400", "200", "100", "50", "25"], "Steps N'.")
 flags.DEFINE_integer("bands", 8, "Radial bands of the reported std ratios.")
 flags.DEFINE_integer("calibration_bins", 16, "Radial bins of the calibration profile.")
+flags.DEFINE_enum("method", "zones", list(calibration.METHODS),
+                  "Filter fitted by the inline calibration (as config.calibrate.method).")
+flags.DEFINE_string("calibration_dir", "", "Take TDAS's filters from filters_<N'>.npz in this "
+                    "folder (--mode calibrate output) instead of calibrating inline.")
+flags.DEFINE_list("score_errors", ["off", "on"], "Which analytic models to run: 'off' (exact "
+                  "score) and/or 'on' (the high-frequency score error of SEMANTICS §7).")
 flags.DEFINE_integer("seed", 0, "Seed of the measured runs (calibration uses seed + 1000).")
 FLAGS = flags.FLAGS
 
@@ -44,7 +62,51 @@ def _draw(config, model, variables, steps, num, seed, filters=None):
   return np.asarray(x), sampler.nfe
 
 
-def run(size, num_samples, calibration_samples, budgets, bands, calibration_bins, seed):
+def _calibrated_filters(config, model, variables, budgets, calibration_samples, bins, method,
+                        seed):
+  """{N': (filters, filter summary)} calibrated inline as `--mode calibrate` does (DCT)."""
+  full = max(budgets)
+  channels = config.data.num_channels
+
+  def amplitude(steps):
+    return tdas_stats.mean_amplitude(
+        _draw(config, model, variables, steps, calibration_samples, seed)[0], "dct")
+
+  s_full = amplitude(full)
+  out = {}
+  for steps in budgets:
+    s_steps = s_full if steps == full else amplitude(steps)
+    fit = calibration.calibrate_frequency_filter(s_full, s_steps, channels, "dct", method, bins)
+    summary = (dict(radial_gains=[float(g) for g in fit["radial_gains"]]) if method == "radial"
+               else {k: fit[method][k] for k in ("r1", "r2", "lambda1", "lambda2")})
+    out[steps] = (dict(space=None, freq=fit["freq"]), summary)
+  return out
+
+
+def _filters_from_files(directory, budgets, shape):
+  """{N': (filters, filter summary)} from `--mode calibrate`'s filters_<N'>.npz files."""
+  paths = {steps: os.path.join(directory, f"filters_{steps}.npz") for steps in budgets}
+  missing = [p for p in paths.values() if not os.path.isfile(p)]
+  if missing:
+    raise FileNotFoundError(f"--calibration_dir lacks {missing}; run --mode calibrate with "
+                            "config.calibrate.steps set to each budget first.")
+  out = {}
+  for steps, path in paths.items():
+    space, freq, info = filter_file.load_filters(path, shape)
+    if info.get("transform", "dct") != "dct":
+      raise ValueError(f"{path} holds a {info['transform']} filter; this benchmark runs DCT TDAS.")
+    method = info.get("method", "zones")
+    summary = (dict(radial_gains=info.get("radial_gains")) if method == "radial"
+               else {k: info[method][k] for k in ("r1", "r2", "lambda1", "lambda2")})
+    summary.update(file=os.path.abspath(path), method=method,
+                   calibration_samples=info.get("num_samples"), full_steps=info.get("full_steps"))
+    # An all-ones space filter (no space_file at calibration) is the vanilla space: skip it.
+    out[steps] = (dict(space=None if np.all(space == 1) else space, freq=freq), summary)
+  return out
+
+
+def run(size, num_samples, calibration_samples, budgets, bands, calibration_bins, seed,
+        method="zones", calibration_dir="", score_errors=(False, True)):
   """Returns the JSON-ready result dict (see the module docstring)."""
   config = CONFIGS[size].get_config()
   config.sampling.tdas.transform = "dct"
@@ -53,34 +115,32 @@ def run(size, num_samples, calibration_samples, budgets, bands, calibration_bins
   exact = np.asarray(analytic.sample_target(jax.random.PRNGKey(seed + 7), variables, num_samples))
   w2_floor = analytic.dct_diagonal_w2(exact, variables)
   rows = []
-  for score_error in (False, True):
+  for score_error in score_errors:
     config.model.score_error = score_error
     model = model_utils.create_model(config)
-    full = max(budgets)
-    reference, _ = _draw(config, model, variables, full, calibration_samples, seed + 1000)
-    s_full = calibration.mean_amplitude(reference)
+    if calibration_dir:
+      calibrated = _filters_from_files(calibration_dir, budgets, shape)
+    else:
+      calibrated = _calibrated_filters(config, model, variables, budgets, calibration_samples,
+                                       calibration_bins, method, seed + 1000)
     for steps in budgets:
-      accelerated = reference if steps == full else _draw(
-          config, model, variables, steps, calibration_samples, seed + 1000)[0]
-      centres, deviation = calibration.radial_profile(
-          calibration.mean_amplitude(accelerated) / s_full, calibration_bins)
-      fit = calibration.fit_zoned_filter(centres, deviation)
-      freq = tdas_filters.frequency_filter(shape, fit["r1"], fit["r2"], fit["lambda1"],
-                                           fit["lambda2"])
-      for method, filters in (("vanilla", None), ("tdas", dict(space=None, freq=freq))):
+      tdas_filters, filter_summary = calibrated[steps]
+      for name, filters in (("vanilla", None), ("tdas", tdas_filters)):
         start = time.perf_counter()
         x, nfe = _draw(config, model, variables, steps, num_samples, seed, filters)
         seconds = time.perf_counter() - start
-        row = dict(method=method, score_error=score_error, steps=steps, nfe=nfe,
+        row = dict(method=name, score_error=score_error, steps=steps, nfe=nfe,
                    w2=analytic.dct_diagonal_w2(x, variables), w2_floor=w2_floor,
                    band_std_ratio=[float(v) for v in analytic.band_std_ratio(x, variables, bands)],
                    seconds=seconds)
-        if method == "tdas":
-          row["filter"] = {k: fit[k] for k in ("r1", "r2", "lambda1", "lambda2")}
+        if name == "tdas":
+          row["filter"] = filter_summary
         rows.append(row)
         logging.info("%s", row)
-  return dict(size=size, num_samples=num_samples, calibration_samples=calibration_samples,
-              device=str(jax.devices()[0].device_kind), rows=rows)
+  return dict(size=size, num_samples=num_samples,
+              calibration_samples=None if calibration_dir else calibration_samples,
+              calibration=os.path.abspath(calibration_dir) if calibration_dir else
+              f"inline ({method})", device=str(jax.devices()[0].device_kind), rows=rows)
 
 
 def table(result) -> str:
@@ -92,10 +152,13 @@ def table(result) -> str:
     tdas = next(r for r in rows if r["method"] == "tdas" and r["steps"] == vanilla["steps"]
                 and r["score_error"] == vanilla["score_error"])
     f = tdas["filter"]
+    described = (f"radial, {len(f['radial_gains'])} gains {min(f['radial_gains']):.3f}-"
+                 f"{max(f['radial_gains']):.3f}" if "radial_gains" in f else
+                 f"{f['r1']:.2f}, {f['r2']:.2f}, {f['lambda1']:.3f}, {f['lambda2']:.3f}")
     lines.append(
         f"| {'yes' if vanilla['score_error'] else 'no'} | {vanilla['steps']} | {vanilla['nfe']} | "
         f"{vanilla['w2']:.4f} | {tdas['w2']:.4f} | {vanilla['w2'] / tdas['w2']:.2f} | "
-        f"{f['r1']:.2f}, {f['r2']:.2f}, {f['lambda1']:.3f}, {f['lambda2']:.3f} |")
+        f"{described} |")
   lines.append(f"\nW2 floor (exact samples, same count): {rows[0]['w2_floor']:.4f}")
   return "\n".join(lines)
 
@@ -104,8 +167,11 @@ def plot(result, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-  for axis, score_error in zip(axes, (False, True)):
+  score_errors = sorted({r["score_error"] for r in result["rows"]})
+  fig, axes = plt.subplots(1, len(score_errors), figsize=(5.5 * len(score_errors), 4.2),
+                           sharey=True, squeeze=False)
+  axes = axes[0]
+  for axis, score_error in zip(axes, score_errors):
     for method, style in (("vanilla", "o-"), ("tdas", "s-")):
       rows = sorted((r for r in result["rows"] if r["method"] == method
                      and r["score_error"] == score_error), key=lambda r: r["nfe"])
@@ -126,8 +192,14 @@ def plot(result, path):
 
 def main(argv):
   del argv
+  choices = {"off": False, "on": True}
+  unknown = [v for v in FLAGS.score_errors if v not in choices]
+  if unknown:
+    raise app.UsageError(f"--score_errors takes 'off' and/or 'on', got {unknown}.")
   result = run(int(FLAGS.size), FLAGS.num_samples, FLAGS.calibration_samples,
-               [int(b) for b in FLAGS.budgets], FLAGS.bands, FLAGS.calibration_bins, FLAGS.seed)
+               [int(b) for b in FLAGS.budgets], FLAGS.bands, FLAGS.calibration_bins, FLAGS.seed,
+               FLAGS.method, FLAGS.calibration_dir,
+               tuple(choices[v] for v in FLAGS.score_errors))
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, "w") as f:
     json.dump(result, f, indent=2)

@@ -17,8 +17,10 @@ VE labels are sigma(t) and the output is the score; VP/subVP labels are 999 t an
 `get_score_fn(sde, model, variables, continuous=True)` is the exact score.
 
 Variables: `{'target': {'mean': (H, W, C), 'dct_variance': (H, W, C)}}`, a non-'params'
-collection (nothing is trainable). `model.init` fills it with the power-law target of the config
-(`power_law_target`); `variables_from_target(*fit_target(images))` builds it from data instead.
+collection (nothing is trainable). `model.init` fills it with the config's target (`config_target`):
+the `.npz` named by `config.model.target_file` (keys `mean`, `dct_variance`, e.g. the
+`analytic_<dataset>_<size>.npz` that `--mode stats` fits to a data set), or else the power-law
+target (`power_law_target`); `variables_from_target(*fit_target(images))` builds it from data.
 
 Optional score error (SEMANTICS §7, `config.model.score_error`): below the noise level
 `score_error_sigma_c` the score's DCT coefficients are multiplied by gamma = 1 - e·rho^p, rho the
@@ -27,11 +29,13 @@ over-corrects them (e < 0).
 
 Config fields read (all under `config.model`; set by `configs/analytic/__init__.py`, and taken
 from MODEL_FIELD_DEFAULTS when a config lacks them):
-  power_law_alpha, power_law_f0, target_std, target_mean, target_mean_radial,
+  target_file, power_law_alpha, power_law_f0, target_std, target_mean, target_mean_radial,
   score_error, score_error_e, score_error_p, score_error_sigma_c;
 and `config.data.image_size/num_channels`, `config.training.sde/continuous`, the SDE fields.
 """
 import functools
+import os
+import zipfile
 from typing import Dict, Tuple
 
 import flax.linen as nn
@@ -51,6 +55,7 @@ TARGET_COLLECTION = 'target'
 # Defaults of the config fields this model reads; a config lacking one of them gets this value
 # (the configs under configs/analytic/ set them all explicitly).
 MODEL_FIELD_DEFAULTS = dict(
+    target_file='',
     power_law_alpha=2.0,
     power_law_f0=1.0,
     target_std=0.27,
@@ -178,29 +183,79 @@ def power_law_target(config) -> Tuple[np.ndarray, np.ndarray]:
   return mean.astype(np.float32), dct_variance.astype(np.float32)
 
 
+def load_target_file(path: str, shape) -> Tuple[np.ndarray, np.ndarray]:
+  """(mean, dct_variance), each (H, W, C) float32, from an `.npz` (`config.model.target_file`).
+
+  `shape` is the config's (H, W, C); a missing file, missing keys, a shape mismatch or negative
+  variances are a ValueError / FileNotFoundError naming the file.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config.model.target_file={path!r} does not exist (make one with '
+                            '--mode stats, or clear the field for the power-law target).')
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      missing = [k for k in ('mean', 'dct_variance') if k not in data.files]
+      if missing:
+        raise ValueError(f'Analytic target file {path!r} lacks {missing} (it holds '
+                         f'{sorted(data.files)}).')
+      mean = np.asarray(data['mean'], np.float32)
+      dct_variance = np.asarray(data['dct_variance'], np.float32)
+  except (OSError, EOFError, zipfile.BadZipFile) as error:
+    raise ValueError(f'Analytic target file {path!r} is not a readable .npz: {error}') from error
+  for name, array in (('mean', mean), ('dct_variance', dct_variance)):
+    if tuple(array.shape) != tuple(shape):
+      raise ValueError(f'Analytic target file {path!r}: `{name}` has shape {array.shape} but the '
+                       f'config\'s images are {tuple(shape)} (data.image_size, '
+                       'data.num_channels).')
+  if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(dct_variance))
+          and np.all(dct_variance >= 0)):
+    raise ValueError(f'Analytic target file {path!r}: `mean` must be finite and `dct_variance` '
+                     'finite and non-negative.')
+  return mean, dct_variance
+
+
+def config_target(config) -> Tuple[np.ndarray, np.ndarray]:
+  """(mean, dct_variance) (H, W, C) of the config: `model.target_file` if set, else the power law."""
+  path = _field(config, 'target_file')
+  if path:
+    shape = (int(config.data.image_size), int(config.data.image_size),
+             int(config.data.num_channels))
+    return load_target_file(path, shape)
+  return power_law_target(config)
+
+
 def target_variables(config) -> Dict[str, Dict[str, jnp.ndarray]]:
-  """`{'target': {'mean', 'dct_variance'}}` (H, W, C) of the config's power-law target."""
-  return variables_from_target(*power_law_target(config))
+  """`{'target': {'mean', 'dct_variance'}}` (H, W, C) of the config's target (`config_target`)."""
+  return variables_from_target(*config_target(config))
 
 
 def _moments(images, batch_size: int):
   """Per-pixel mean (H, W, C) and per-DCT-coefficient unbiased variance (H, W, C), float64.
 
-  Two passes over chunks of `batch_size` images, so N large images never sit in float64 at once.
+  `images` is an array (N, H, W, C), or a zero-argument callable that returns a fresh iterable of
+  batches (n, H, W, C) (e.g. a data set streamed from disk). Two passes over chunks of
+  `batch_size` images (or over the batches), so N large images never sit in float64 at once.
   """
-  images = np.asarray(images)
-  if images.ndim != 4:
-    raise ValueError(f'Expected images (N, H, W, C), got shape {images.shape}.')
-  n = images.shape[0]
+  if callable(images):
+    batches = images
+  else:
+    images = np.asarray(images)
+    if images.ndim != 4:
+      raise ValueError(f'Expected images (N, H, W, C), got shape {images.shape}.')
+    batches = lambda: (images[s:s + batch_size] for s in range(0, images.shape[0], batch_size))
+  n, total = 0, None
+  for batch in batches():
+    batch = np.asarray(batch, np.float64)
+    if batch.ndim != 4 or (total is not None and batch.shape[1:] != total.shape):
+      raise ValueError(f'Expected batches of images (n, H, W, C) of one shape, got {batch.shape}.')
+    total = batch.sum(axis=0) if total is None else total + batch.sum(axis=0)
+    n += batch.shape[0]
   if n < 2:
     raise ValueError(f'Need at least 2 images to estimate variances, got {n}.')
-  total = np.zeros(images.shape[1:], np.float64)
-  for start in range(0, n, batch_size):
-    total += images[start:start + batch_size].astype(np.float64).sum(axis=0)
   mean = total / n
-  squares = np.zeros(images.shape[1:], np.float64)
-  for start in range(0, n, batch_size):
-    coefficients = _dct_np(images[start:start + batch_size].astype(np.float64) - mean)
+  squares = np.zeros(mean.shape, np.float64)
+  for batch in batches():
+    coefficients = _dct_np(np.asarray(batch, np.float64) - mean)
     squares += (coefficients ** 2).sum(axis=0)
   return mean, squares / (n - 1)
 
@@ -208,8 +263,10 @@ def _moments(images, batch_size: int):
 def fit_target(images, batch_size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
   """Gaussian target fitted to images (N, H, W, C) in [0, 1].
 
-  Returns (mean (H, W, C), dct_variance (H, W, C)) as float32: the mean image, and the unbiased
-  variance of each orthonormal DCT coefficient of (x - mean). Computed in float64 numpy.
+  `images` may also be a zero-argument callable returning a fresh iterable of batches
+  (n, H, W, C) in [0, 1]: the fit then streams (two passes), for data sets that do not fit in
+  memory. Returns (mean (H, W, C), dct_variance (H, W, C)) as float32: the mean image, and the
+  unbiased variance of each orthonormal DCT coefficient of (x - mean). Computed in float64 numpy.
   """
   mean, variance = _moments(images, batch_size)
   return mean.astype(np.float32), variance.astype(np.float32)
@@ -345,7 +402,7 @@ class AnalyticGaussian(nn.Module):
     sde = sde_lib.get_sde(config, num_steps=1)  # marginals only: N is irrelevant
     score_error, e, p, sigma_c = check_score_error_fields(config)
 
-    init_target = lambda: power_law_target(config)
+    init_target = lambda: config_target(config)
     mean = self.variable(TARGET_COLLECTION, 'mean', lambda: jnp.asarray(init_target()[0])).value
     dct_variance = self.variable(TARGET_COLLECTION, 'dct_variance',
                                  lambda: jnp.asarray(init_target()[1])).value

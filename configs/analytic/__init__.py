@@ -62,7 +62,10 @@ def get_analytic_config(image_size, sigma_max, dataset='FFHQ', target_mean=(0.52
   model.ema_rate = 0.999      # read by training/checkpoint code; the model has no parameters
   model.nf = 0                # no network width; present for tools that read model.nf
   model.scale_by_sigma = False  # the output is already the score (VE) / -std·score (VP)
-  # Target (models/analytic.py: power_law_target).
+  # Target (models/analytic.py): an .npz with `mean` and `dct_variance` (--mode stats writes
+  # one), or '' for the power-law target below.
+  model.target_file = ''
+  # Power-law target (models/analytic.py: power_law_target).
   model.power_law_alpha = 2.0
   model.power_law_f0 = 1.0
   model.target_std = 0.27
