@@ -9,6 +9,10 @@ The PyTorch release (score_sde_pytorch) saves `<workdir>/checkpoints/checkpoint_
 `torch.save`: `{model: state dict ('module.'-prefixed), ema: {decay, num_updates, shadow_params},
 optimizer, step}`. `load_score_sde_pytorch` reads those without PyTorch (see `pytorch_io` and
 `models/torch_names.py`); `load_checkpoint` picks the loader from the file found.
+
+`--mode train` writes this project's own checkpoints with orbax: `checkpoint_<n>/` folders whose
+`variables` item has the same `{'params': params_ema, **model_state}` tree (see the end of this
+file); `find_checkpoint` and `load_checkpoint` take them like the released files.
 """
 import os
 import re
@@ -30,12 +34,14 @@ class CheckpointError(ValueError):
 
 
 def list_checkpoints(directory: str) -> Dict[int, str]:
-  """{n: path} of every `checkpoint_<n>` file directly inside `directory`."""
+  """{n: path} of every `checkpoint_<n>` directly inside `directory`: released msgpack files and
+  this project's finished orbax checkpoints (folders; unfinished ones are never listed)."""
   found = {}
   for name in os.listdir(directory):
     match = _CHECKPOINT_NAME.match(name)
-    if match and os.path.isfile(os.path.join(directory, name)):
-      found[int(match.group(1))] = os.path.join(directory, name)
+    path = os.path.join(directory, name)
+    if match and (os.path.isfile(path) or is_orbax_checkpoint(path)):
+      found[int(match.group(1))] = path
   return found
 
 
@@ -59,8 +65,9 @@ def find_checkpoint(path: str, step: Optional[int] = None) -> str:
   """Resolves `path` to one checkpoint file.
 
   Args:
-    path: a checkpoint file, a folder of checkpoints, or a workdir holding `checkpoints/`. A folder
-      is searched for the JAX release's `checkpoint_<n>` and score_sde_pytorch's
+    path: a checkpoint file, an orbax checkpoint folder written by `--mode train`, a folder of
+      checkpoints, or a workdir holding `checkpoints/`. A folder is searched for the JAX release's
+      (or this project's training) `checkpoint_<n>` and score_sde_pytorch's
       `checkpoint_<n>.pth` (the msgpack file wins where both exist for one n); a single other
       `*.pth` file (e.g. `checkpoint.pth`) is taken when there are no numbered files.
     step: which n to take from a folder; None or 0 = the newest.
@@ -70,7 +77,7 @@ def find_checkpoint(path: str, step: Optional[int] = None) -> str:
         f"Checkpoint path {path!r} does not exist. Put a released score_sde checkpoint at "
         "<workdir>/checkpoints/checkpoint_<n> (or a score_sde_pytorch one at "
         "<workdir>/checkpoints/checkpoint_<n>.pth), or pass the file itself.")
-  if os.path.isfile(path):
+  if os.path.isfile(path) or is_orbax_checkpoint(path):
     return path
   folder = os.path.join(path, "checkpoints")
   folders = [folder, path] if os.path.isdir(folder) else [path]
@@ -98,7 +105,8 @@ def find_checkpoint(path: str, step: Optional[int] = None) -> str:
   raise FileNotFoundError(
       f"No checkpoint_<n> file (nor *.pth) in {' or '.join(repr(f) for f in folders)}. A "
       "released score_sde checkpoint belongs at <workdir>/checkpoints/checkpoint_<n>, a "
-      "score_sde_pytorch one at <workdir>/checkpoints/checkpoint_<n>.pth.")
+      "score_sde_pytorch one at <workdir>/checkpoints/checkpoint_<n>.pth; `--mode train` writes "
+      "its own there too.")
 
 
 def read_state(path: str) -> dict:
@@ -223,9 +231,11 @@ def load_checkpoint(path: str, config, step: Optional[int] = None):
     config: the config whose model the weights must fit.
     step: the n to take from a folder; None or 0 = the newest.
   Returns:
-    (variables, step) as `load_score_sde` / `load_score_sde_pytorch` return them.
+    (variables, step) as `load_score_sde` / `load_score_sde_pytorch` / `load_trained` return them.
   """
   file = find_checkpoint(path, step)
+  if is_orbax_checkpoint(file):
+    return load_trained(file, config)
   if is_pytorch_checkpoint(file):
     return load_score_sde_pytorch(file, config)
   return load_score_sde(file, config=config)
@@ -418,3 +428,109 @@ def import_score_sde_pytorch(path: str, config, sources=("ema", "raw")) -> dict:
           + "\n".join(_listing(title, items) for title, items in listed))
     result[source] = traverse_util.unflatten_dict(flat)
   return result
+
+
+# ---------------------------------------------------------------------------------------------
+# This project's own training checkpoints (orbax), written by `--mode train`.
+# ---------------------------------------------------------------------------------------------
+# <workdir>/checkpoints/checkpoint_<n>/ (snapshot n, every training.snapshot_freq steps, all kept)
+# and <workdir>/checkpoints-meta/checkpoint_<step>/ (pre-emption, every
+# training.snapshot_freq_for_preemption steps, the newest kept) are orbax checkpoint folders with
+# three items:
+#   variables: {'params': params_ema, **model_state}: what sampling loads (a released file's tree)
+#   train:     {'step', 'params', 'opt_state', 'rng'}: the rest of the training state
+#   meta:      JSON {'step', 'model', 'image_size', ...}
+# All arrays are saved as host (numpy) copies, so a checkpoint restores on any number of devices.
+TRAIN_ITEMS = ("variables", "train", "meta")
+
+
+def is_orbax_checkpoint(path: str) -> bool:
+  """Whether `path` is a finished orbax training checkpoint folder (unfinished saves live in
+  temporary folders under other names until orbax renames them)."""
+  return (os.path.isdir(path) and os.path.isdir(os.path.join(path, "variables"))
+          and os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")))
+
+
+def train_checkpoint_manager(directory: str, max_to_keep: Optional[int] = None):
+  """An orbax CheckpointManager writing `directory/checkpoint_<n>/` with the items TRAIN_ITEMS;
+  `max_to_keep` None keeps every checkpoint."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, step_prefix="checkpoint",
+                                         create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=TRAIN_ITEMS)
+
+
+def host_copy(tree):
+  """numpy copies of a pytree of (replicated) arrays, also on hosts that see only their shards."""
+
+  def copy(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      x = x.addressable_data(0)
+    return np.array(x, copy=True)  # never a view of a device buffer a later step may reuse
+
+  return jax.tree_util.tree_map(copy, tree)
+
+
+def save_training(manager, n: int, variables, train, meta: dict) -> None:
+  """Starts writing checkpoint_<n> (asynchronously: `manager.wait_until_finished()` completes it;
+  orbax renames the folder into place only when it is whole, so a kill never leaves a half
+  checkpoint under that name).
+
+  Args:
+    manager: from `train_checkpoint_manager`.
+    n: the checkpoint number.
+    variables: {'params': params_ema, **model_state}.
+    train: {'step': int scalar, 'params': ..., 'opt_state': optax state, 'rng': key}.
+    meta: JSON-serialisable facts (step, model name, ...).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  manager.save(int(n), args=ocp.args.Composite(
+      variables=ocp.args.StandardSave(host_copy(variables)),
+      train=ocp.args.StandardSave(host_copy(train)),
+      meta=ocp.args.JsonSave(meta)))
+
+
+def restore_training(manager, n: int, variables, train):
+  """(variables, train, meta) of checkpoint_<n>, as numpy trees shaped like the targets
+  `variables` and `train` (e.g. a fresh state of the same config)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(str(manager.directory), f"checkpoint_{n}")
+  try:
+    restored = manager.restore(int(n), args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(host_copy(variables)),
+        train=ocp.args.StandardRestore(host_copy(train)),
+        meta=ocp.args.JsonRestore()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"Training checkpoint {path!r} does not fit this config's training "
+                          f"state (another model, optimiser or image size?): {e}") from e
+  return restored.variables, restored.train, restored.meta
+
+
+def load_trained(path: str, config=None):
+  """Loads the EMA weights of a `--mode train` checkpoint folder (`.../checkpoint_<n>/`).
+
+  Returns:
+    (variables, step): `{'params': params_ema, **model_state}` as numpy arrays, checked against
+    `config`'s model when given, and the training step the checkpoint was taken at.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if not is_orbax_checkpoint(path):
+    raise CheckpointError(f"{path!r} is not a finished `--mode train` checkpoint folder (it lacks "
+                          "variables/ or _CHECKPOINT_METADATA).")
+  try:
+    variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path),
+                                                                "variables"))
+  except Exception as e:  # orbax / tensorstore raise many types for damaged folders
+    raise CheckpointError(f"Training checkpoint {path!r}: its variables cannot be read: "
+                          f"{type(e).__name__}: {e}") from e
+  step = 0
+  meta_file = os.path.join(path, "meta", "metadata")
+  if os.path.isfile(meta_file):
+    with open(meta_file) as f:
+      step = int(json.load(f).get("step", 0))
+  variables = {k: v for k, v in variables.items()}
+  if config is not None:
+    check_variables(variables, config, source=f"Checkpoint {path!r}")
+  return jax.tree_util.tree_map(np.asarray, variables), step
