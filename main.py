@@ -16,6 +16,10 @@ import run_lib
 MODES = {
     "check": run_lib.check,
     "sample": run_lib.sample,
+    "calibrate": run_lib.calibrate,
+    "stats": run_lib.stats,
+    "eval": run_lib.evaluate,
+    "train": run_lib.train,
 }
 
 FLAGS = flags.FLAGS
@@ -51,7 +55,7 @@ def main(argv):
     MODES[FLAGS.mode](apply_shorthands(FLAGS.config), FLAGS.workdir,
                       eval_folder=FLAGS.eval_folder)
   except (FileNotFoundError, ValueError, run_lib.SamplingError) as error:
-    # CheckpointError is a ValueError.
+    # CheckpointError, DatasetError and TrainingError are ValueErrors.
     # A user's mistake (a missing file, a bad config value) gets its message, not a traceback.
     logging.error("%s", error)
     sys.exit(f"Error: {error}")

@@ -2,7 +2,13 @@
 
 `add_project_fields(config)` is called by each `default_*_configs.get_default_configs()` (and by the
 few released configs that, like score_sde's, do not build on a default). `PROJECT_FIELDS` lists the
-dotted names of every leaf it adds, e.g. 'sampling.tdas.r1'.
+dotted names of every leaf it adds, e.g. 'sampling.tdas.r1', 'calibrate.num_samples', 'data.path'.
+
+The added fields live under the sections of `_DEFAULTS`: `sampling` (score_sde's section, extended),
+`calibrate` (a new section: `--mode calibrate`), `data` (score_sde's section, two fields added) and
+`eval` (score_sde's section, extended: `--mode eval`).
+A section the config lacks is created; in a section it has, only the project's leaves are set and
+every score_sde field is kept.
 """
 import ml_collections
 
@@ -41,6 +47,50 @@ _SAMPLING_DEFAULTS = dict(
 )
 
 
+# `--mode calibrate` (run_lib.calibrate): TDAS's frequency filter fitted to the sampler's
+# deviation at N' from the full-N reference (SEMANTICS §6).
+_CALIBRATE_DEFAULTS = dict(
+    num_samples=200,     # images per set (the paper: 200)
+    steps=0,             # target N'; 0 = from `speedup`, or the sampling's N' when that is 0 too
+    speedup=0.0,         # N' = round(model.num_scales / speedup) when steps is 0
+    transform='',        # 'dct' | 'dft'; '' = config.sampling.tdas.transform
+    method='zones',      # 'zones' (least squares) | 'quantile' (the paper's rule) | 'radial'
+    num_bins=16,         # radial bins of the profile and of the 'radial' filter
+    quantiles=(0.25, 0.33),  # radius quantiles of the 'quantile' rule (Table 4's DFT radii)
+    max_gain=10.0,       # gains are clipped to [1 / max_gain, max_gain]
+    seed=0,              # PRNG seed of both sample sets (the reference is cached per seed)
+    batch_size=0,        # images per sampler call; 0 = config.eval.batch_size
+    data_stats_file='',  # optional `--mode stats` frequency file: adds the behaviour functions
+)
+
+# `config.data`: where `--mode stats` and `--mode train` read the data set from (datasets.py).
+_DATA_DEFAULTS = dict(
+    path='',             # an image folder (PNG/JPEG) or an .npz with `images` uint8 (N, H, W, C)
+    tfds_data_dir='',    # prepared tfds data sets (cifar10, celeb_a, lsun/...); '' = $TFDS_DATA_DIR
+                         # or ~/tensorflow_datasets. Never downloaded.
+)
+
+# `config.eval` (score_sde's section, extended): `--mode eval` (FID / KID / IS, frequency
+# deviation) and the Inception statistics `--mode stats` writes.
+_EVAL_DEFAULTS = dict(
+    stats_file='',             # data's Inception statistics; '' = <workdir>/stats/<dataset>_<size>.npz
+    frequency_stats_file='',   # .npz with `dct_amplitude` (H, W); '' = stats/frequency_<stem>.npz
+    inception_weights='',      # pt_inception-2015-12-05-6726825d.pth or .npz; '' = env/default
+    resize='clean',            # to 299 px: 'clean' (PIL bicubic) | 'tf_legacy' | 'pytorch_bilinear'
+    input_scaling='',          # 'pytorch_fid' | 'tensorflow'; '' = the resize's tool (clean-fid: tf)
+    inception_batch_size=64,   # images per Inception batch, split over all local devices
+    kid_subsets=100,           # KID: subsets averaged
+    kid_subset_size=1000,      # KID: images per subset (at most)
+    is_splits=10,              # Inception Score splits
+    frequency_bins=16,         # radial bins of the frequency deviation
+    precision_recall_samples=0,  # > 0: precision/recall (k = 3) on up to this many images per set
+)
+
+# Every added section: its name and its defaults.
+_DEFAULTS = dict(sampling=_SAMPLING_DEFAULTS, calibrate=_CALIBRATE_DEFAULTS, data=_DATA_DEFAULTS,
+                 eval=_EVAL_DEFAULTS)
+
+
 def _dotted_leaves(tree, prefix):
   for key, value in tree.items():
     if isinstance(value, dict):
@@ -49,14 +99,25 @@ def _dotted_leaves(tree, prefix):
       yield f'{prefix}{key}'
 
 
-PROJECT_FIELDS = tuple(_dotted_leaves(_SAMPLING_DEFAULTS, 'sampling.'))
+PROJECT_FIELDS = tuple(field for section, defaults in _DEFAULTS.items()
+                       for field in _dotted_leaves(defaults, f'{section}.'))
+# The sections the project adds or extends.
+PROJECT_SECTIONS = tuple(_DEFAULTS)
+
+
+def section_defaults(section: str) -> dict:
+  """A copy of the defaults of one section (one of PROJECT_SECTIONS), as nested dicts."""
+  import copy  # pylint: disable=g-import-not-at-top
+  return copy.deepcopy(_DEFAULTS[section])
 
 
 def add_project_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Adds the project's sampling and TDAS fields, at their defaults, to `config` in place."""
-  if 'sampling' not in config:
-    config.sampling = ml_collections.ConfigDict()
-  sampling = config.sampling
-  for key, value in _SAMPLING_DEFAULTS.items():
-    sampling[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+  """Adds the project's fields (sampling, TDAS, calibration, data path), at their defaults, to
+  `config` in place."""
+  for section, defaults in _DEFAULTS.items():
+    if section not in config:
+      config[section] = ml_collections.ConfigDict()
+    target = config[section]
+    for key, value in defaults.items():
+      target[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
   return config

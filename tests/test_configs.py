@@ -10,7 +10,7 @@ import os
 import ml_collections
 import pytest
 
-from configs.project_fields import PROJECT_FIELDS, add_project_fields
+from configs.project_fields import PROJECT_FIELDS, PROJECT_SECTIONS, add_project_fields
 from reference_cases import PARAM_TREE_NAMES, param_tree
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +29,7 @@ TINY_COUNTERPARTS = {
     'tiny/subvp_ddpmpp_continuous.py': 'subvp/cifar10_ddpmpp_continuous.py',
     'tiny/ddpm_vp_discrete.py': 'vp/ddpm/cifar10.py',
     'tiny/ncsnv2_ve.py': 've/ncsnv2/cifar10.py',
+    'tiny/digits_ddpmpp.py': 'vp/cifar10_ddpmpp_continuous.py',  # trains on sklearn's digits
 }
 TINY_SHARED_FIELDS = ('training.sde', 'training.continuous', 'model.name', 'model.embedding_type',
                       'sampling.predictor', 'sampling.corrector')
@@ -108,7 +109,15 @@ def project_defaults():
 def test_project_fields_are_the_added_leaves():
   assert len(PROJECT_FIELDS) == len(set(PROJECT_FIELDS))
   assert sorted(project_defaults()) == sorted(PROJECT_FIELDS)
-  assert all(f.startswith('sampling.') for f in PROJECT_FIELDS)
+  assert all(f.split('.')[0] in PROJECT_SECTIONS for f in PROJECT_FIELDS)
+  assert set(PROJECT_SECTIONS) == {'sampling', 'calibrate', 'data', 'eval'}
+
+
+def test_project_fields_keep_score_sde_fields_of_the_sections_they_extend():
+  config = get_config('ve/cifar10_ncsnpp_continuous.py')
+  assert config.data.dataset == 'CIFAR10' and config.data.image_size == 32
+  assert config.sampling.snr == 0.16 and config.data.path == ''
+  assert config.calibrate.num_samples == 200
 
 
 def test_every_reference_config_file_exists_and_nothing_else_is_released():
