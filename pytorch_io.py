@@ -38,6 +38,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
+import atomic_io
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL_VERSION = 1001
 _PICKLE_PROTOCOL = 2  # what torch.save uses
@@ -521,16 +522,8 @@ def _pickle(obj, legacy: bool):
 
 
 def _atomic_write(path: str, write):
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with atomic_io.atomic_write(path) as f:
+    write(f)
 
 
 def _write_zip_records(f, archive_name: str, records):

@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import tempfile
 import time
 
 import jax
@@ -11,6 +10,7 @@ from absl import logging
 from tqdm import tqdm
 
 import checkpoints
+from atomic_io import atomic_savez, atomic_write_text  # pylint: disable=unused-import
 import sde_lib
 from models import utils as model_utils
 from sampling import devices
@@ -175,23 +175,6 @@ def to_uint8(x, centered: bool) -> np.ndarray:
   if centered:
     x = (x + 1.0) / 2.0
   return np.clip(x * 255.0, 0, 255).astype(np.uint8)
-
-
-def atomic_savez(path, **arrays):
-  """Writes an .npz so that a reader never sees a partial file (write, then rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
-    np.savez_compressed(f, **arrays)
-    temporary = f.name
-  os.replace(temporary, path)
-
-
-def atomic_write_text(path, text):
-  directory = os.path.dirname(os.path.abspath(path))
-  with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-    f.write(text)
-    temporary = f.name
-  os.replace(temporary, path)
 
 
 def image_grid(images: np.ndarray, columns: int = 0) -> np.ndarray:

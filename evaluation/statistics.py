@@ -13,12 +13,12 @@ By convention the data set's file is `<workdir>/stats/<dataset>_<image size>.npz
 import glob
 import os
 import re
-import tempfile
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+import atomic_io
 from evaluation import inception as inception_lib
 
 _METADATA_KEYS = ("resize", "input_scaling", "inception_sha256", "dataset", "image_size")
@@ -177,15 +177,7 @@ def save_statistics(path: str, stats: Dict[str, Any], **metadata) -> str:
   for key in ("mu", "sigma"):
     if key not in arrays:
       raise ValueError(f"Statistics to save lack {key!r}.")
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
-    np.savez(f, **arrays)
-    temporary = f.name
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(temporary, 0o666 & ~umask)  # a temporary file is private; the result is not
-  os.replace(temporary, path)
+  atomic_io.atomic_savez(path, compressed=False, **arrays)
   return path
 
 

@@ -5,10 +5,10 @@ Only `run_lib` and the calibration/statistics modes call these (the samplers nev
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 
+import atomic_io
 
 class FilterFileError(ValueError):
   """A filter file that is missing, unreadable or does not fit the config."""
@@ -19,12 +19,8 @@ def save_filters(path: str, space, freq, info: dict) -> None:
   space, freq = np.asarray(space, np.float32), np.asarray(freq, np.float32)
   if space.shape != freq.shape or space.ndim != 3:
     raise ValueError(f"space {space.shape} and freq {freq.shape} must both be (H, W, C).")
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=directory, suffix=".npz.tmp", delete=False) as f:
-    np.savez(f, space=space, freq=freq, info=np.asarray(json.dumps(info)))
-    temporary = f.name
-  os.replace(temporary, path)
+  atomic_io.atomic_savez(path, compressed=False, space=space, freq=freq,
+                        info=np.asarray(json.dumps(info)))
 
 
 def load_filters(path: str, shape=None):

@@ -9,13 +9,13 @@ PyTorch names and layouts plus `source_sha256` (the .pth's SHA-256, so the prove
 works). Point `config.eval.inception_weights` (or $TDAS_INCEPTION_WEIGHTS) at either file.
 """
 import os
-import tempfile
 
 import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
 
+import atomic_io
 from evaluation import inception
 
 FLAGS = flags.FLAGS
@@ -35,15 +35,7 @@ def convert(input_path: str, output_path: str, overwrite: bool = False) -> str:
   inception.state_dict_to_variables(state, source=repr(input_path))  # names and shapes check
   arrays = {k: np.asarray(v, np.float32) for k, v in state.items()
             if not k.endswith("num_batches_tracked")}
-  directory = os.path.dirname(os.path.abspath(output_path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
-    np.savez(f, source_sha256=np.asarray(sha), **arrays)
-    temporary = f.name
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(temporary, 0o666 & ~umask)  # a temporary file is private; the result is not
-  os.replace(temporary, output_path)
+  atomic_io.atomic_savez(output_path, compressed=False, source_sha256=np.asarray(sha), **arrays)
   if not sha.startswith(inception.WEIGHTS_SHA256_PREFIX):
     logging.warning("%s has SHA-256 %s..., not the FID weights' %s...", input_path, sha[:8],
                     inception.WEIGHTS_SHA256_PREFIX)
