@@ -1,4 +1,4 @@
-"""Readers for the reference cases copied into tests/golden/ (from ../shared/reference/).
+"""Readers for the reference cases kept in tests/golden/ (copies of the project's reference data).
 
 - `golden_case(name)`: one released-architecture forward pass (config, variables, x, labels, y).
 - `param_tree(name)`: the exact variable tree and parameter count of a released config.
