@@ -153,20 +153,33 @@ def build_sampler(config, model, shape, batch_sharding=None):
   return sampler, sde, num_steps, speedup, eps
 
 
-def run_sampler(sampler, rng, variables, filters, progress_label=None):
-  """One global batch of samples in model space, and its NFE. PC runs in chunks for progress."""
+def run_sampler(sampler, rng, variables, filters, progress_label=None, what=None):
+  """One global batch of samples in model space: (this host's rows as numpy, NFE).
+
+  PC runs in chunks so a progress bar can follow it. With `what` (e.g. "Round 3"), a batch holding
+  NaN or inf raises SamplingError naming it, so that the caller writes nothing for it.
+  """
   if isinstance(sampler, ode_sampling.ODESampler):
     x, nfe = sampler.sample(rng, variables, filters)
-    return x, int(nfe)
-  state = sampler.init(rng, filters)
-  chunk = sampler.chunk_size()
-  with tqdm(total=sampler.num_steps, desc=progress_label, unit="step", leave=False,
-            disable=progress_label is None) as bar:
-    for start in range(0, sampler.num_steps, chunk):
-      state = sampler.advance(state, rng, variables, filters, start, num=chunk)
-      jax.block_until_ready(state)
-      bar.update(min(chunk, sampler.num_steps - start))
-  return sampler.finish(state), sampler.nfe
+    nfe = int(nfe)
+  else:
+    state = sampler.init(rng, filters)
+    chunk = sampler.chunk_size()
+    with tqdm(total=sampler.num_steps, desc=progress_label, unit="step", leave=False,
+              disable=progress_label is None) as bar:
+      for start in range(0, sampler.num_steps, chunk):
+        state = sampler.advance(state, rng, variables, filters, start, num=chunk)
+        jax.block_until_ready(state)
+        bar.update(min(chunk, sampler.num_steps - start))
+    x, nfe = sampler.finish(state), sampler.nfe
+  x = devices.local_rows(x)
+  if what is not None and not np.all(np.isfinite(x)):
+    bad = int(np.sum(~np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)))
+    raise SamplingError(
+        f"{what}: {bad} of {x.shape[0]} samples contain NaN or inf; nothing was written for it. "
+        f"With {getattr(sampler, 'num_steps', 'these')} steps the sampler may be unstable (try "
+        "more steps, a smaller config.sampling.snr, or check the checkpoint).")
+  return x, nfe
 
 
 def to_uint8(x, centered: bool) -> np.ndarray:
@@ -257,16 +270,9 @@ def sample(config, workdir, eval_folder="eval"):
       continue
     start = time.perf_counter()
     x, nfe = run_sampler(sampler, jax.random.fold_in(seed_key, r), variables, filters,
-                         progress_label=f"round {r}")
-    x = devices.local_rows(x)
+                         progress_label=f"round {r}", what=f"Round {r}")
     seconds += time.perf_counter() - start
     rounds_run += 1
-    if not np.all(np.isfinite(x)):
-      bad = int(np.sum(~np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)))
-      raise SamplingError(
-          f"Round {r}: {bad} of {x.shape[0]} samples contain NaN or inf; nothing was written for "
-          f"this round. With {num_steps} steps the sampler may be unstable (try more steps, "
-          "a smaller config.sampling.snr, or check the checkpoint).")
     atomic_savez(path, samples=to_uint8(x, config.data.centered))
 
   first = np.load(os.path.join(out_dir, f"samples_0{suffix}.npz"))["samples"][:64]
@@ -275,7 +281,7 @@ def sample(config, workdir, eval_folder="eval"):
     vanilla_sampler = build_sampler(config, model, shape, devices.batch_sharding(mesh))[0]
     vanilla, _ = run_sampler(vanilla_sampler, jax.random.fold_in(seed_key, 0), variables, None,
                              progress_label="vanilla comparison")
-    vanilla = to_uint8(devices.local_rows(vanilla), config.data.centered)[:64]
+    vanilla = to_uint8(vanilla, config.data.centered)[:64]
     save_comparison(os.path.join(out_dir, "vanilla_vs_tdas.png"), vanilla, first, num_steps, nfe)
 
   summary = dict(
@@ -422,13 +428,8 @@ def sample_set_statistics(config, model, variables, steps, num_samples, batch_si
       sampler = build_sampler(config, model, shape, devices.batch_sharding(mesh))[0]
       variables = jax.device_put(variables, devices.replicated(mesh))
     x, nfe = run_sampler(sampler, jax.random.fold_in(key, k), variables, None,
-                         progress_label=f"{label} batch {k}")
-    x = np.asarray(devices.local_rows(x))
-    if not np.all(np.isfinite(x)):
-      raise SamplingError(
-          f"The {label} set ({steps} steps), batch {k}, contains NaN or inf samples; nothing was "
-          f"written for it. With {steps} steps the sampler may be unstable: calibrate for more "
-          "steps or check the checkpoint.")
+                         progress_label=f"{label} batch {k}",
+                         what=f"The {label} set ({steps} steps), batch {k}")
     batch_stats = tdas_stats.ImageStatistics().update(to_data_scale(x, config.data.centered))
     arrays = batch_stats.state()
     if k == 0:
@@ -783,7 +784,7 @@ def _snapshot_samples(config, sampler, state, step, sample_dir):
   """Draws one batch with the EMA weights (vanilla PC / ODE sampler) -> sample.npz, sample.png."""
   x, _ = run_sampler(sampler, jax.random.fold_in(jax.random.PRNGKey(config.seed), step),
                      state.sampling_variables(), None)
-  images = to_uint8(devices.local_rows(x), config.data.centered)
+  images = to_uint8(x, config.data.centered)
   if jax.process_index() == 0:
     out = os.path.join(sample_dir, f"iter_{step}")
     os.makedirs(out, exist_ok=True)
