@@ -607,7 +607,7 @@ def stats(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
   mean = statistics.mean_image()
   tdas = config.sampling.tdas
   space = tdas_filters.space_filter(mean, tdas.space_f, tdas.space_alpha)
-  target_mean, dct_variance = analytic.fit_target(batches)
+  target_mean, dct_variance = analytic.fit_target(batches, mean=mean)  # one more pass
 
   out_dir = os.path.join(workdir, "stats")
   os.makedirs(out_dir, exist_ok=True)

@@ -229,12 +229,13 @@ def target_variables(config) -> Dict[str, Dict[str, jnp.ndarray]]:
   return variables_from_target(*config_target(config))
 
 
-def _moments(images, batch_size: int):
+def _moments(images, batch_size: int, mean=None):
   """Per-pixel mean (H, W, C) and per-DCT-coefficient unbiased variance (H, W, C), float64.
 
   `images` is an array (N, H, W, C), or a zero-argument callable that returns a fresh iterable of
   batches (n, H, W, C) (e.g. a data set streamed from disk). Two passes over chunks of
-  `batch_size` images (or over the batches), so N large images never sit in float64 at once.
+  `batch_size` images (or over the batches), so N large images never sit in float64 at once; one
+  pass when the caller already knows the `mean` image.
   """
   if callable(images):
     batches = images
@@ -243,32 +244,42 @@ def _moments(images, batch_size: int):
     if images.ndim != 4:
       raise ValueError(f'Expected images (N, H, W, C), got shape {images.shape}.')
     batches = lambda: (images[s:s + batch_size] for s in range(0, images.shape[0], batch_size))
-  n, total = 0, None
+  if mean is None:
+    n, total = 0, None
+    for batch in batches():
+      batch = np.asarray(batch, np.float64)
+      if batch.ndim != 4 or (total is not None and batch.shape[1:] != total.shape):
+        raise ValueError('Expected batches of images (n, H, W, C) of one shape, got '
+                         f'{batch.shape}.')
+      total = batch.sum(axis=0) if total is None else total + batch.sum(axis=0)
+      n += batch.shape[0]
+    if n < 2:
+      raise ValueError(f'Need at least 2 images to estimate variances, got {n}.')
+    mean = total / n
+  mean = np.asarray(mean, np.float64)
+  n, squares = 0, np.zeros(mean.shape, np.float64)
   for batch in batches():
     batch = np.asarray(batch, np.float64)
-    if batch.ndim != 4 or (total is not None and batch.shape[1:] != total.shape):
-      raise ValueError(f'Expected batches of images (n, H, W, C) of one shape, got {batch.shape}.')
-    total = batch.sum(axis=0) if total is None else total + batch.sum(axis=0)
+    if batch.ndim != 4 or batch.shape[1:] != mean.shape:
+      raise ValueError(f'Expected batches of images (n, {", ".join(map(str, mean.shape))}), got '
+                       f'{batch.shape}.')
+    squares += (_dct_np(batch - mean) ** 2).sum(axis=0)
     n += batch.shape[0]
   if n < 2:
     raise ValueError(f'Need at least 2 images to estimate variances, got {n}.')
-  mean = total / n
-  squares = np.zeros(mean.shape, np.float64)
-  for batch in batches():
-    coefficients = _dct_np(np.asarray(batch, np.float64) - mean)
-    squares += (coefficients ** 2).sum(axis=0)
   return mean, squares / (n - 1)
 
 
-def fit_target(images, batch_size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+def fit_target(images, batch_size: int = 256, mean=None) -> Tuple[np.ndarray, np.ndarray]:
   """Gaussian target fitted to images (N, H, W, C) in [0, 1].
 
   `images` may also be a zero-argument callable returning a fresh iterable of batches
   (n, H, W, C) in [0, 1]: the fit then streams (two passes), for data sets that do not fit in
   memory. Returns (mean (H, W, C), dct_variance (H, W, C)) as float32: the mean image, and the
   unbiased variance of each orthonormal DCT coefficient of (x - mean). Computed in float64 numpy.
+  A known `mean` image (H, W, C) saves the first pass.
   """
-  mean, variance = _moments(images, batch_size)
+  mean, variance = _moments(images, batch_size, mean)
   return mean.astype(np.float32), variance.astype(np.float32)
 
 

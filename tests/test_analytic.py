@@ -302,3 +302,18 @@ def test_config_with_any_sde_traces_through_get_score_fn(name, sde_name):
       lambda v, x, t: model_utils.get_score_fn(sde, model, v, continuous=True)(x, t),
       variables, x, t)
   assert (out.shape, out.dtype) == ((2, size, size, 3), jnp.float32)
+
+
+def test_fit_target_with_a_known_mean_skips_a_pass_and_agrees():
+  images = np.random.default_rng(5).uniform(0, 1, (40, 8, 8, 3))
+  mean, variance = analytic.fit_target(images, batch_size=16)
+  passes = []
+
+  def batches():
+    passes.append(1)
+    return (images[s:s + 16] for s in range(0, 40, 16))
+
+  mean2, variance2 = analytic.fit_target(batches, mean=images.mean(axis=0))
+  assert len(passes) == 1
+  np.testing.assert_allclose(mean2, mean, rtol=1e-6)
+  np.testing.assert_allclose(variance2, variance, rtol=1e-5)
