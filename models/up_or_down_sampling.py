@@ -50,8 +50,6 @@ def upfirdn2d(x, k, up: int = 1, down: int = 1, pad0: int = 0, pad1: int = 0):
     (B, H', W', C) with H' = (H·up + pad0 + pad1 - K) // down + 1.
   """
   k = np.asarray(k, dtype=np.float32)
-  kh, kw = k.shape
-  channels = x.shape[-1]
   zero = jnp.zeros((), x.dtype)
   # Zero insertion (interior padding) plus the outer padding in one lax.pad; negative low/high
   # padding crops. Interior padding leaves H·up - (up - 1) samples, hence the extra `up - 1`.
@@ -59,11 +57,40 @@ def upfirdn2d(x, k, up: int = 1, down: int = 1, pad0: int = 0, pad1: int = 0):
                             (pad0, pad1 + up - 1, up - 1),
                             (pad0, pad1 + up - 1, up - 1),
                             (0, 0, 0)))
-  # Depthwise true convolution: correlate with the flipped kernel, one group per channel.
-  w = np.tile(k[::-1, ::-1, None, None], (1, 1, 1, channels))
+  taps = k[::-1, ::-1]  # a true convolution correlates with the flipped kernel
+  if jax.default_backend() == "cpu":
+    return _filter_by_taps(x, taps, down)
+  return _filter_depthwise(x, taps, down)
+
+
+def _filter_depthwise(x, taps: np.ndarray, stride: int):
+  """VALID correlation of every channel of `x` (B, H, W, C) with the (K, K) `taps`, with `stride`,
+  as one depthwise (grouped) convolution: the accelerators' path."""
+  w = np.tile(taps[:, :, None, None], (1, 1, 1, x.shape[-1]))
   return jax.lax.conv_general_dilated(
-      x, jnp.asarray(w, x.dtype), window_strides=(down, down), padding="VALID",
-      dimension_numbers=_NHWC_HWIO, feature_group_count=channels)
+      x, jnp.asarray(w, x.dtype), window_strides=(stride, stride), padding="VALID",
+      dimension_numbers=_NHWC_HWIO, feature_group_count=x.shape[-1])
+
+
+def _filter_by_taps(x, taps: np.ndarray, stride: int):
+  """The same correlation as `_filter_depthwise`, as a sum of K² strided slices. XLA fuses them
+  into one loop; its CPU backend runs a depthwise convolution about 4x slower (measured on NCSN++
+  at 16 px). Same values up to float rounding."""
+  kh, kw = taps.shape
+  out_h = (x.shape[1] - kh) // stride + 1
+  out_w = (x.shape[2] - kw) // stride + 1
+  total = None
+  for u in range(kh):
+    for v in range(kw):
+      if taps[u, v] == 0:
+        continue
+      window = jax.lax.slice(x, (0, u, v, 0),
+                             (x.shape[0], u + (out_h - 1) * stride + 1,
+                              v + (out_w - 1) * stride + 1, x.shape[3]),
+                             (1, stride, stride, 1))
+      term = window * jnp.asarray(taps[u, v], x.dtype)
+      total = term if total is None else total + term
+  return total
 
 
 def _kernel(k, factor, gain):

@@ -126,6 +126,18 @@ def test_fir_resampling_matches_numpy_upfirdn2d(taps):
   np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fir_filter_paths_agree(stride):
+  """The CPU's strided-slice FIR and the accelerators' depthwise convolution compute one thing."""
+  rng = np.random.RandomState(1)
+  x = jnp.asarray(rng.randn(2, 9, 9, 5).astype(np.float32))
+  taps = rng.rand(4, 4).astype(np.float32)
+  by_taps = np.asarray(uds._filter_by_taps(x, taps, stride))  # pylint: disable=protected-access
+  depthwise = np.asarray(uds._filter_depthwise(x, taps, stride))  # pylint: disable=protected-access
+  assert by_taps.shape == depthwise.shape == (2, (9 - 4) // stride + 1, (9 - 4) // stride + 1, 5)
+  np.testing.assert_allclose(by_taps, depthwise, rtol=1e-5, atol=1e-5)
+
+
 def test_fused_resampling_convs_match_numpy():
   rng = np.random.RandomState(1)
   x = rng.randn(2, 5, 5, 3).astype(np.float32)
