@@ -48,8 +48,12 @@ def load_filters(path: str, shape=None):
       raise FilterFileError(
           f"TDAS filter file {path!r}: `{name}` has shape {tuple(array.shape)} but the config's "
           f"images are {tuple(shape)} (data.image_size, data.num_channels).")
-    if not np.all(np.isfinite(array)) or np.any(array <= 0):
-      raise FilterFileError(f"TDAS filter file {path!r}: `{name}` must be finite and positive.")
+    # A space filter may be 0 (space_alpha = 1 where the data's mean is 0, e.g. a digit's
+    # border); the frequency filter's gains must be positive.
+    low = np.any(array < 0) if name == "space" else np.any(array <= 0)
+    if not np.all(np.isfinite(array)) or low:
+      kind = "non-negative" if name == "space" else "positive"
+      raise FilterFileError(f"TDAS filter file {path!r}: `{name}` must be finite and {kind}.")
   try:
     info = json.loads(str(contents["info"]))
   except json.JSONDecodeError as e:

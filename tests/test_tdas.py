@@ -112,6 +112,15 @@ def test_filter_file_round_trip_and_errors(tmp_path):
   np.savez(tmp_path / "partial.npz", space=space)
   with pytest.raises(filter_file.FilterFileError, match=r"lacks \['freq', 'info'\]"):
     filter_file.load_filters(str(tmp_path / "partial.npz"))
+  # space_alpha = 1 gives 0 where the data's mean is 0 (a digit's border): allowed in space only.
+  space[0, 0] = 0.0
+  filter_file.save_filters(path, space, freq, {})
+  assert filter_file.load_filters(path)[0][0, 0, 0] == 0.0
+  for bad_space, bad_freq, what in ((-space, freq, "`space` must be finite and non-negative"),
+                                    (space, 0 * freq, "`freq` must be finite and positive")):
+    filter_file.save_filters(path, bad_space, bad_freq, {})
+    with pytest.raises(filter_file.FilterFileError, match=what):
+      filter_file.load_filters(path)
 
 
 def test_build_filters_from_config():
