@@ -155,6 +155,23 @@ def test_sampling_loads_the_ema_weights_of_the_newest_snapshot(runs):
                          first["params"]["Conv_0"]["kernel"])
 
 
+def test_trained_checkpoint_converts_to_a_small_released_format_file(runs, tmp_path):
+  """tools.convert_checkpoint on a --mode train folder: the EMA alone, in score_sde's msgpack."""
+  from tools import convert_checkpoint  # pylint: disable=g-import-not-at-top
+  whole, config = runs["whole"], runs["config"]
+  folder = checkpoints.find_checkpoint(whole)
+  written = convert_checkpoint.convert(config, folder, str(tmp_path))
+  assert written == os.path.join(str(tmp_path), "checkpoints", f"checkpoint_{N_ITERS}")
+  state = checkpoints.read_state(written)
+  assert sorted(state) == ["ema_rate", "model_state", "params_ema", "step"]
+  assert state["ema_rate"] == pytest.approx(config.model.ema_rate)
+  converted, step = checkpoints.load_checkpoint(str(tmp_path), config)
+  assert step == N_ITERS
+  _tree_equal(converted, checkpoints.load_checkpoint(whole, config)[0])
+  with pytest.raises(ValueError, match="already exists"):
+    convert_checkpoint.convert(config, folder, str(tmp_path))
+
+
 def test_killed_run_resumes_at_its_checkpoint_with_the_same_ema(runs):
   config = runs["config"]
   assert runs["meta_steps_at_kill"] == [8]

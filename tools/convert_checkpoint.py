@@ -1,4 +1,5 @@
-"""Converts a score_sde_pytorch checkpoint into a released-format (flax msgpack) checkpoint, once.
+"""Converts a score_sde_pytorch checkpoint, or a `--mode train` checkpoint folder, into a
+released-format (flax msgpack) checkpoint, once.
 
     python -m tools.convert_checkpoint --config configs/ve/ffhq_ncsnpp_continuous.py \
         --input checkpoint_48.pth --output runs/ffhq
@@ -10,6 +11,10 @@ config's model, and writes `<output>/checkpoints/checkpoint_<step>` in the JAX r
 weights) with `optimizer.state.step`. Adam moments and the RNG are not carried over. The file is
 written atomically (temporary file, then rename), so `main.py --mode sample --workdir <output>`
 and `checkpoints.load_score_sde` read it as they read a released checkpoint.
+
+From a `--mode train` folder (`<workdir>/checkpoints/checkpoint_<n>/`, orbax) only the EMA
+weights, `model_state`, `step` and the config's `ema_rate` are written: a small file to ship for
+sampling (this is how `assets/digits_ncsnpp/` was made).
 """
 import os
 import sys
@@ -27,7 +32,8 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file of the checkpoint's model (e.g. "
     "configs/ve/ffhq_ncsnpp_continuous.py); override fields with --config.<field>=<value>.",
     lock_config=True)
-flags.DEFINE_string("input", None, "score_sde_pytorch checkpoint (.pth, zip or legacy format).")
+flags.DEFINE_string("input", None, "score_sde_pytorch checkpoint (.pth, zip or legacy format) "
+                    "or a --mode train checkpoint folder (checkpoint_<n>/).")
 flags.DEFINE_string("output", None, "Work directory to write <output>/checkpoints/"
                     "checkpoint_<step> into.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint_<step> in the output.")
@@ -41,28 +47,20 @@ def _float_or_none(value):
     return None
 
 
-def convert(config, input_path: str, output_dir: str, overwrite: bool = False) -> str:
-  """Writes `input_path`'s weights as `<output_dir>/checkpoints/checkpoint_<step>`.
+def _trained_state(config, input_path: str) -> dict:
+  """The EMA part of a `--mode train` checkpoint folder, as a released-format state."""
+  variables, step = checkpoints.load_trained(input_path, config)
+  return {"step": step, "params_ema": variables["params"],
+          "model_state": {k: v for k, v in variables.items() if k != "params"},
+          "ema_rate": float(config.model.ema_rate)}
 
-  Args:
-    config: the config whose model the checkpoint holds.
-    input_path: the score_sde_pytorch `.pth` file.
-    output_dir: work directory of the converted checkpoint.
-    overwrite: replace an existing file of the same step instead of refusing.
-  Returns:
-    The path written.
-  """
-  if os.path.isdir(input_path):
-    raise ValueError(f"--input {input_path!r} is a directory; pass the .pth file itself.")
+
+def _pytorch_state(config, input_path: str) -> dict:
+  """EMA and raw weights (and the stored EMA decay and learning rate) of a `.pth` file."""
   step = checkpoints.read_pytorch_state(input_path)["step"]
-  folder = os.path.join(output_dir, "checkpoints")
-  target = os.path.join(folder, f"checkpoint_{step}")
-  if os.path.exists(target) and not overwrite:
-    raise ValueError(f"{target!r} already exists; pass --overwrite to replace it.")
   imported = checkpoints.import_score_sde_pytorch(input_path, config, sources=("ema", "raw"))
   ema_variables, raw_variables = imported["ema"], imported["raw"]
   stored = imported["state"]
-
   state = {
       "step": step,
       "params_ema": ema_variables["params"],
@@ -76,7 +74,32 @@ def convert(config, input_path: str, output_dir: str, overwrite: bool = False) -
   groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
   if groups and isinstance(groups[0], dict) and _float_or_none(groups[0].get("lr")) is not None:
     state["lr"] = float(groups[0]["lr"])
+  return state
 
+
+def convert(config, input_path: str, output_dir: str, overwrite: bool = False) -> str:
+  """Writes `input_path`'s weights as `<output_dir>/checkpoints/checkpoint_<step>`.
+
+  Args:
+    config: the config whose model the checkpoint holds.
+    input_path: the score_sde_pytorch `.pth` file, or a `--mode train` checkpoint folder.
+    output_dir: work directory of the converted checkpoint.
+    overwrite: replace an existing file of the same step instead of refusing.
+  Returns:
+    The path written.
+  """
+  if checkpoints.is_orbax_checkpoint(input_path):
+    state = _trained_state(config, input_path)
+  elif os.path.isdir(input_path):
+    raise ValueError(f"--input {input_path!r} is a directory but not a finished --mode train "
+                     "checkpoint folder; pass the .pth file itself.")
+  else:
+    state = _pytorch_state(config, input_path)
+  step = state["step"]
+  folder = os.path.join(output_dir, "checkpoints")
+  target = os.path.join(folder, f"checkpoint_{step}")
+  if os.path.exists(target) and not overwrite:
+    raise ValueError(f"{target!r} already exists; pass --overwrite to replace it.")
   data = serialization.msgpack_serialize(state)
   os.makedirs(folder, exist_ok=True)
   tmp = os.path.join(folder, f".checkpoint_{step}.tmp-{os.getpid()}")
