@@ -507,6 +507,41 @@ def restore_training(manager, n: int, variables, train):
   return restored.variables, restored.train, restored.meta
 
 
+def released_state_from_trained(path: str, config) -> dict:
+  """The EMA part of a `--mode train` checkpoint folder as a released-format state:
+  {step, params_ema, model_state, ema_rate (the config's)} (no raw weights, no Adam state)."""
+  variables, step = load_trained(path, config)
+  return {"step": step, "params_ema": variables["params"],
+          "model_state": {k: v for k, v in variables.items() if k != "params"},
+          "ema_rate": float(config.model.ema_rate)}
+
+
+def write_released_checkpoint(state: dict, output_dir: str, config, overwrite: bool = False) -> str:
+  """Writes a released-format `state` as `<output_dir>/checkpoints/checkpoint_<step>` (flax
+  msgpack), only once it reads back as a checkpoint of `config`'s model. Returns the path.
+
+  The file appears whole or not at all (temporary file, checked, then renamed); an existing
+  `checkpoint_<step>` is replaced only with `overwrite`.
+  """
+  step = int(np.asarray(state["step"]))
+  folder = os.path.join(output_dir, "checkpoints")
+  target = os.path.join(folder, f"checkpoint_{step}")
+  if os.path.exists(target) and not overwrite:
+    raise ValueError(f"{target!r} already exists; pass --overwrite to replace it.")
+  data = serialization.msgpack_serialize(state)
+  os.makedirs(folder, exist_ok=True)
+  tmp = os.path.join(folder, f".checkpoint_{step}.tmp-{os.getpid()}")
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+    load_score_sde(tmp, config=config)  # reads back as a released checkpoint
+    os.replace(tmp, target)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return target
+
+
 def load_trained(path: str, config=None):
   """Loads the EMA weights of a `--mode train` checkpoint folder (`.../checkpoint_<n>/`).
 

@@ -156,11 +156,12 @@ def test_sampling_loads_the_ema_weights_of_the_newest_snapshot(runs):
 
 
 def test_trained_checkpoint_converts_to_a_small_released_format_file(runs, tmp_path):
-  """tools.convert_checkpoint on a --mode train folder: the EMA alone, in score_sde's msgpack."""
-  from tools import convert_checkpoint  # pylint: disable=g-import-not-at-top
+  """What tools.convert_checkpoint does with a --mode train folder: the EMA alone, in score_sde's
+  msgpack."""
   whole, config = runs["whole"], runs["config"]
   folder = checkpoints.find_checkpoint(whole)
-  written = convert_checkpoint.convert(config, folder, str(tmp_path))
+  state = checkpoints.released_state_from_trained(folder, config)
+  written = checkpoints.write_released_checkpoint(state, str(tmp_path), config)
   assert written == os.path.join(str(tmp_path), "checkpoints", f"checkpoint_{N_ITERS}")
   state = checkpoints.read_state(written)
   assert sorted(state) == ["ema_rate", "model_state", "params_ema", "step"]
@@ -169,7 +170,7 @@ def test_trained_checkpoint_converts_to_a_small_released_format_file(runs, tmp_p
   assert step == N_ITERS
   _tree_equal(converted, checkpoints.load_checkpoint(whole, config)[0])
   with pytest.raises(ValueError, match="already exists"):
-    convert_checkpoint.convert(config, folder, str(tmp_path))
+    checkpoints.write_released_checkpoint(state, str(tmp_path), config)
 
 
 def test_killed_run_resumes_at_its_checkpoint_with_the_same_ema(runs):

@@ -22,7 +22,6 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from flax import serialization
 from ml_collections.config_flags import config_flags
 
 import checkpoints
@@ -45,14 +44,6 @@ def _float_or_none(value):
     return float(value)
   except (TypeError, ValueError):
     return None
-
-
-def _trained_state(config, input_path: str) -> dict:
-  """The EMA part of a `--mode train` checkpoint folder, as a released-format state."""
-  variables, step = checkpoints.load_trained(input_path, config)
-  return {"step": step, "params_ema": variables["params"],
-          "model_state": {k: v for k, v in variables.items() if k != "params"},
-          "ema_rate": float(config.model.ema_rate)}
 
 
 def _pytorch_state(config, input_path: str) -> dict:
@@ -89,29 +80,14 @@ def convert(config, input_path: str, output_dir: str, overwrite: bool = False) -
     The path written.
   """
   if checkpoints.is_orbax_checkpoint(input_path):
-    state = _trained_state(config, input_path)
+    state = checkpoints.released_state_from_trained(input_path, config)
   elif os.path.isdir(input_path):
     raise ValueError(f"--input {input_path!r} is a directory but not a finished --mode train "
                      "checkpoint folder; pass the .pth file itself.")
   else:
     state = _pytorch_state(config, input_path)
-  step = state["step"]
-  folder = os.path.join(output_dir, "checkpoints")
-  target = os.path.join(folder, f"checkpoint_{step}")
-  if os.path.exists(target) and not overwrite:
-    raise ValueError(f"{target!r} already exists; pass --overwrite to replace it.")
-  data = serialization.msgpack_serialize(state)
-  os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f".checkpoint_{step}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-    checkpoints.load_score_sde(tmp, config=config)  # reads back as a released checkpoint
-    os.replace(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  logging.info("Converted %s (step %d) to %s.", input_path, step, target)
+  target = checkpoints.write_released_checkpoint(state, output_dir, config, overwrite)
+  logging.info("Converted %s (step %d) to %s.", input_path, state["step"], target)
   return target
 
 
