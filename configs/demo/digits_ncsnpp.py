@@ -25,7 +25,7 @@ own weights:
 """
 import os
 
-from configs.tiny.common import set_ncsnpp_common, tiny_default_configs
+from configs.tiny import ncsnpp_ve_continuous
 
 # The committed files, under assets/digits_ncsnpp/ at the repository's root: the EMA weights
 # (checkpoints/checkpoint_<step>) and TDAS's filter calibrated for N' = 20 (--speedup 10).
@@ -34,11 +34,11 @@ SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os
 
 
 def get_config():
-  config = tiny_default_configs(image_size=16, num_scales=200)
+  # The tiny FFHQ-architecture NCSN++ (VE, continuous, PC sampler), resized and given digits.
+  config = ncsnpp_ve_continuous.get_config()
+  config.model.num_scales = 200
 
   training = config.training
-  training.sde = 'vesde'
-  training.continuous = True
   training.batch_size = 64
   training.n_iters = 10000
   training.snapshot_freq = 2000
@@ -55,30 +55,17 @@ def get_config():
   data.centered = False     # VE models see [0, 1]
 
   model = config.model
-  set_ncsnpp_common(model)
   model.nf = 16
   model.ch_mult = (1, 2, 2)
-  model.num_res_blocks = 1
-  model.attn_resolutions = (8,)
   model.sigma_max = 10
   model.sigma_min = 0.01
-  model.scale_by_sigma = True
-  model.ema_rate = 0.999
   model.dropout = 0.
-  model.fir = True
-  model.progressive = 'output_skip'
-  model.progressive_input = 'input_skip'
-  model.embedding_type = 'fourier'
-  model.fourier_scale = 16
 
   optim = config.optim
   optim.lr = 1e-3
   optim.warmup = 200
 
   sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'reverse_diffusion'
-  sampling.corrector = 'langevin'
   sampling.snr = 0.16
   sampling.checkpoint_dir = os.path.normpath(os.path.join(SHIPPED, "checkpoints"))
   # Off until --tdas: the frequency filter `--mode calibrate` fitted at N' = 20 against N = 200
