@@ -212,6 +212,11 @@ def _upsample(images: np.ndarray, size: int) -> np.ndarray:
                    for image in images])
 
 
+def digits_held_out(count: int) -> np.ndarray:
+  """(count,) bool: which of scikit-learn's digits (in its order) form the eval split."""
+  return np.arange(count) % DIGITS_EVAL_EVERY == 0
+
+
 def digits_images(image_size: int = 16, num_channels: int = 1, evaluation: bool = False):
   """scikit-learn's bundled handwritten digits as uint8 (N, image_size, image_size, num_channels).
 
@@ -232,7 +237,7 @@ def digits_images(image_size: int = 16, num_channels: int = 1, evaluation: bool 
                        "data.image_size >= 8.")
   ink = load_digits().images  # (1797, 8, 8) float, 0..16
   images = np.round(ink * (255.0 / 16.0)).astype(np.uint8)
-  held_out = np.arange(images.shape[0]) % DIGITS_EVAL_EVERY == 0
+  held_out = digits_held_out(images.shape[0])
   images = images[held_out] if evaluation else images[~held_out]
   images = _upsample(images, image_size)[..., None]
   return np.repeat(images, num_channels, axis=-1) if num_channels == 3 else images

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy import special
 
 import datasets
 from atomic_io import atomic_write, atomic_write_text
@@ -54,7 +55,7 @@ def digits_split(evaluation: bool) -> Tuple[np.ndarray, np.ndarray]:
   (300) digits, the split `datasets.digits_images` uses."""
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   labels = load_digits().target
-  held_out = np.arange(labels.shape[0]) % datasets.DIGITS_EVAL_EVERY == 0
+  held_out = datasets.digits_held_out(labels.shape[0])
   images = datasets.digits_images(IMAGE_SHAPE[0], 1, evaluation=evaluation)
   return images.astype(np.float32) / 255.0, labels[held_out if evaluation else ~held_out]
 
@@ -123,16 +124,6 @@ def accuracy(variables, images, labels) -> float:
   return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
-def _softmax(logits):
-  shifted = logits - logits.max(axis=1, keepdims=True)
-  p = np.exp(shifted)
-  return p / p.sum(axis=1, keepdims=True)
-
-
-def _entropy(p, axis=-1):
-  return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=axis)
-
-
 class DigitsQuality:
   """Scores sample sets against the held-out digits with the classifier's features."""
 
@@ -147,21 +138,31 @@ class DigitsQuality:
   def __call__(self, images) -> Dict[str, object]:
     """images: (N, 16, 16, 1) in [0, 1] (clipped here). Returns the JSON-ready measures."""
     logits, features = logits_and_features(self.variables, np.clip(images, 0.0, 1.0))
-    p = _softmax(logits)
+    p = special.softmax(logits, axis=1)
     return dict(
         frechet_distance=self._metrics.frechet_distance(
             *self._metrics.mean_and_covariance(features), self.reference_mu,
             self.reference_sigma),
-        label_entropy=float(_entropy(p.mean(axis=0))),
-        mean_image_entropy=float(_entropy(p).mean()),
+        label_entropy=float(special.entr(p.mean(axis=0)).sum()),
+        mean_image_entropy=float(special.entr(p).sum(axis=1).mean()),
         label_histogram=np.bincount(np.argmax(logits, axis=1), minlength=NUM_CLASSES).tolist())
+
+
+def _info_path(weights_path: str) -> str:
+  return os.path.splitext(weights_path)[0] + ".json"
+
+
+def load_info(path: str = DEFAULT_WEIGHTS) -> dict:
+  """How the weights at `path` were made: the `.json` beside them (accuracies, settings)."""
+  with open(_info_path(path)) as f:
+    return json.load(f)
 
 
 def save_classifier(path: str, variables, info: dict) -> None:
   """Writes the weights (flax msgpack) and `<path without .msgpack>.json` with `info`."""
   with atomic_write(path) as f:
     f.write(serialization.to_bytes(variables))
-  atomic_write_text(os.path.splitext(path)[0] + ".json", json.dumps(info, indent=2) + "\n")
+  atomic_write_text(_info_path(path), json.dumps(info, indent=2) + "\n")
 
 
 def load_classifier(path: str = DEFAULT_WEIGHTS):

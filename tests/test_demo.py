@@ -27,8 +27,7 @@ def test_shipped_classifier_reads_held_out_digits(classifier):
   images, labels = digits_classifier.digits_split(evaluation=True)
   assert images.shape == (300, 16, 16, 1) and labels.shape == (300,)
   assert digits_classifier.accuracy(classifier, images, labels) >= 0.97
-  with open(os.path.splitext(digits_classifier.DEFAULT_WEIGHTS)[0] + ".json") as f:
-    info = json.load(f)
+  info = digits_classifier.load_info()
   assert info["test_accuracy"] == pytest.approx(
       digits_classifier.accuracy(classifier, images, labels))
 
