@@ -66,12 +66,11 @@ def budgets_of(full: int, speedups) -> list:
   return budgets
 
 
-def space_file(config, workdir: str) -> str:
+def space_file(workdir: str) -> str:
   """Writes the training digits' mean image (the space filter's input) and returns its path."""
-  import datasets  # pylint: disable=g-import-not-at-top
-  images = datasets.digits_images(config.data.image_size, config.data.num_channels)
+  images, _ = digits_classifier.digits_split(evaluation=False)
   path = os.path.join(workdir, "space_digits_16.npz")
-  atomic_savez(path, mean=images.astype(np.float64).mean(axis=0) / 255.0)
+  atomic_savez(path, mean=images.astype(np.float64).mean(axis=0))
   return path
 
 
@@ -119,16 +118,18 @@ class Measure:
     return result
 
 
-def draw(sampler, variables, filters, num_steps: int, seed: int):
-  """One timed sample set: (images (N, H, W, C) in model space, NFE, seconds).
-
-  The sampler's programs are compiled first (init, one chunk of the loop, finish), so `seconds`
-  is sampling alone.
-  """
-  rng = jax.random.PRNGKey(seed)
-  warm = sampler.init(rng, filters)
-  jax.block_until_ready(sampler.finish(sampler.advance(warm, rng, variables, filters, 0,
+def compile_sampler(sampler, variables, filters) -> None:
+  """Compiles (and runs once, on one chunk) the sampler's programs for these filters, so that
+  `draw`'s seconds are sampling alone."""
+  rng = jax.random.PRNGKey(0)
+  state = sampler.init(rng, filters)
+  jax.block_until_ready(sampler.finish(sampler.advance(state, rng, variables, filters, 0,
                                                        num=sampler.chunk_size())))
+
+
+def draw(sampler, variables, filters, num_steps: int, seed: int):
+  """One timed sample set: (images (N, H, W, C) in model space, NFE, seconds)."""
+  rng = jax.random.PRNGKey(seed)
   start = time.perf_counter()
   x, nfe = run_lib.run_sampler(sampler, rng, variables, filters,
                                progress_label=f"{num_steps} steps, seed {seed}",
@@ -174,16 +175,12 @@ def summarise(rows, budgets) -> dict:
         entry[field] = float(values.mean())
         entry[field + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
       table.append(entry)
+  distance = {(r["method"], r["steps"], r["seed"]): r["frechet_distance"] for r in rows}
   factors = {}
   for method in METHODS:
-    per_seed = []
-    for seed in seeds:
-      def distance(m, steps):
-        return next(r["frechet_distance"] for r in rows
-                    if r["method"] == m and r["steps"] == steps and r["seed"] == seed)
-      target = distance("vanilla", budgets[0])
-      per_seed.append(speedup_at_equal_distance(
-          budgets, [distance(method, s) for s in budgets], target))
+    per_seed = [speedup_at_equal_distance(budgets, [distance[method, s, seed] for s in budgets],
+                                          distance["vanilla", budgets[0], seed])
+                for seed in seeds]
     finite = np.array([f for f in per_seed if np.isfinite(f)])
     factors[method] = dict(
         per_seed=[None if not np.isfinite(f) else f for f in per_seed],
@@ -196,8 +193,7 @@ def summarise(rows, budgets) -> dict:
 def real_floor(measure: Measure, num_samples: int, seeds: int) -> dict:
   """The measures of real training digits (num_samples drawn per seed) against the held-out
   ones: the finite-sample floor of the Fréchet distance."""
-  import datasets  # pylint: disable=g-import-not-at-top
-  train = datasets.digits_images(16, 1).astype(np.float64) / 255.0
+  train, _ = digits_classifier.digits_split(evaluation=False)
   values = []
   for seed in range(seeds):
     chosen = np.random.RandomState(seed).choice(train.shape[0], num_samples, replace=False)
@@ -212,15 +208,12 @@ def run(workdir: str, speedups, num_samples: int, seeds: int, calibration_sample
   tdas = config.sampling.tdas
   tdas.use_space = space_alpha > 0
   if tdas.use_space:
-    tdas.space_file, tdas.space_alpha = space_file(config, workdir), float(space_alpha)
+    tdas.space_file, tdas.space_alpha = space_file(workdir), float(space_alpha)
   config.sampling.vanilla_comparison = False
   run_lib.set_matmul_precision(config)
   model = model_utils.create_model(config)
   variables, source = run_lib.load_variables(config, workdir)
-  classifier_variables = digits_classifier.load_classifier()
-  with open(os.path.splitext(digits_classifier.DEFAULT_WEIGHTS)[0] + ".json") as f:
-    classifier_info = json.load(f)
-  measure = Measure(classifier_variables, bins)
+  measure = Measure(digits_classifier.load_classifier(), bins)
   full = int(config.model.num_scales)
   budgets = budgets_of(full, speedups)
 
@@ -250,6 +243,7 @@ def run(workdir: str, speedups, num_samples: int, seeds: int, calibration_sample
         previews[(method, steps)] = previews[(same_as, steps)]
         continue
       filters = run_lib.load_tdas_filters(method_config(config, method, steps, calibration))
+      compile_sampler(sampler, variables, filters)
       for seed in range(seeds):
         x, nfe, seconds = draw(sampler, variables, filters, steps, seed)
         images = run_lib.to_data_scale(x, config.data.centered)
@@ -268,7 +262,7 @@ def run(workdir: str, speedups, num_samples: int, seeds: int, calibration_sample
       calibration_samples=calibration_samples, calibration_seed=1000,
       sampler=dict(predictor=config.sampling.predictor, corrector=config.sampling.corrector,
                    snr=config.sampling.snr),
-      classifier=classifier_info, real_floor=real_floor(measure, num_samples, seeds),
+      classifier=digits_classifier.load_info(), real_floor=real_floor(measure, num_samples, seeds),
       device=str(jax.devices()[0].device_kind), calibrations=calibrations, rows=rows,
       **summarise(rows, budgets))
   if grid_path:
