@@ -22,7 +22,7 @@ def get_config():
 
   training = config.training
   training.batch_size = 32
-  training.n_iters = 2000      # ~10 min on 2 CPU cores (~4 steps/s); digits appear by ~500
+  training.n_iters = 2000      # ~3 min on 2 CPU cores; digits appear by ~500
   training.snapshot_freq = 500
   training.snapshot_freq_for_preemption = 250
   training.log_freq = 50
