@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
+from atomic_io import atomic_write
+
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
 _PYTORCH_CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)\.pth$")
 _PYTORCH_SUFFIXES = (".pth", ".pt")
@@ -518,27 +520,22 @@ def released_state_from_trained(path: str, config) -> dict:
 
 def write_released_checkpoint(state: dict, output_dir: str, config, overwrite: bool = False) -> str:
   """Writes a released-format `state` as `<output_dir>/checkpoints/checkpoint_<step>` (flax
-  msgpack), only once it reads back as a checkpoint of `config`'s model. Returns the path.
+  msgpack), after checking its EMA tree against `config`'s model (as `load_score_sde` will).
+  Returns the path.
 
-  The file appears whole or not at all (temporary file, checked, then renamed); an existing
-  `checkpoint_<step>` is replaced only with `overwrite`.
+  The file appears whole or not at all (`atomic_io`); an existing `checkpoint_<step>` is replaced
+  only with `overwrite`.
   """
   step = int(np.asarray(state["step"]))
   folder = os.path.join(output_dir, "checkpoints")
   target = os.path.join(folder, f"checkpoint_{step}")
   if os.path.exists(target) and not overwrite:
     raise ValueError(f"{target!r} already exists; pass --overwrite to replace it.")
-  data = serialization.msgpack_serialize(state)
-  os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f".checkpoint_{step}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-    load_score_sde(tmp, config=config)  # reads back as a released checkpoint
-    os.replace(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  variables = {"params": upgrade_legacy_group_norm(state["params_ema"]),
+               **(state.get("model_state") or {})}
+  check_variables(variables, config, source=f"The state for {target!r}")
+  with atomic_write(target) as f:
+    f.write(serialization.msgpack_serialize(state))
   return target
 
 
