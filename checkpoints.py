@@ -21,9 +21,11 @@ from typing import Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import serialization, traverse_util
 
 from atomic_io import atomic_write
+from models import utils as model_utils
 
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
 _PYTORCH_CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)\.pth$")
@@ -156,7 +158,6 @@ def upgrade_legacy_group_norm(params):
 
 def expected_variable_shapes(config) -> Dict[str, Tuple[int, ...]]:
   """{'params/Conv_0/kernel': shape, ...} of the model `config` builds (no compute, eval_shape)."""
-  from models import utils as model_utils  # pylint: disable=g-import-not-at-top
   model = model_utils.create_model(config)
   size, channels = config.data.image_size, config.data.num_channels
   x = jnp.zeros((1, size, size, channels), jnp.float32)
@@ -241,6 +242,30 @@ def load_checkpoint(path: str, config, step: Optional[int] = None):
   if is_pytorch_checkpoint(file):
     return load_score_sde_pytorch(file, config)
   return load_score_sde(file, config=config)
+
+
+def checkpoint_location(config, workdir: str) -> Tuple[str, int]:
+  """Where a mode's checkpoint is read from: `sampling.checkpoint_dir` or <workdir>/checkpoints,
+  and `sampling.checkpoint_step` (0 = the newest)."""
+  directory = config.sampling.get("checkpoint_dir", "") or os.path.join(workdir, "checkpoints")
+  return directory, int(config.sampling.get("checkpoint_step", 0))
+
+
+def load_variables(config, workdir: str):
+  """The network's sampling variables and where they came from: (variables, source).
+
+  Learned networks load the configured checkpoint (source: its absolute path); a model with
+  `variables_from_config` (the analytic Gaussian) builds them from the config.
+  """
+  variables_from_config = getattr(model_utils.get_model(config.model.name),
+                                  "variables_from_config", None)
+  if variables_from_config is not None:
+    return variables_from_config(config), f"{config.model.name} (built from the config)"
+  directory, step = checkpoint_location(config, workdir)
+  path = find_checkpoint(directory, step)
+  variables, step = load_checkpoint(path, config)
+  logging.info("Loaded %s (step %d).", path, step)
+  return variables, os.path.abspath(path)
 
 
 def _listing(title: str, items, limit: int = _MAX_LISTED_DIFFERENCES) -> str:

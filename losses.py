@@ -31,11 +31,6 @@ from models import utils as model_utils
 CONTINUOUS_EPS = 1e-5
 
 
-def _per_sample(values, x):
-  """(B,) -> (B, 1, ..., 1) broadcastable against x (B, ...)."""
-  return values.reshape(values.shape + (1,) * (x.ndim - values.ndim))
-
-
 def _reduce(per_pixel, reduce_mean: bool):
   """(B, ...) -> (B,): the mean over each sample's entries, or half their sum."""
   flat = per_pixel.reshape((per_pixel.shape[0], -1))
@@ -60,13 +55,13 @@ def dsm_terms(sde, model, variables, x0, t, z, *, train, reduce_mean, likelihood
   likelihood weighting it is reduce(|s + z/std|²)·g(t)² (λ(t) = g², the ELBO-tight weight).
   """
   mean, std = sde.marginal_prob(x0, t)
-  x_t = mean + _per_sample(std, x0) * z
+  x_t = mean + sde_lib.per_sample(std, x0) * z
   score_fn = model_utils.get_score_fn(sde, model, variables, continuous=True, train=train)
   score = score_fn(x_t, t, rng=dropout_rng)
   if likelihood_weighting:
     g2 = sde.sde(jnp.zeros_like(x0), t)[1] ** 2
-    return _reduce(jnp.square(score + z / _per_sample(std, x0)), reduce_mean) * g2
-  return _reduce(jnp.square(score * _per_sample(std, x0) + z), reduce_mean)
+    return _reduce(jnp.square(score + z / sde_lib.per_sample(std, x0)), reduce_mean) * g2
+  return _reduce(jnp.square(score * sde_lib.per_sample(std, x0) + z), reduce_mean)
 
 
 def get_dsm_loss_fn(sde, model, *, train, reduce_mean=False, likelihood_weighting=False,
@@ -98,17 +93,17 @@ def smld_terms(vesde, model, variables, x0, labels, z, *, train, reduce_mean, dr
   """Per-sample SMLD losses (B,): x = x0 + sigma·z with sigma = smld_sigmas[labels], the network
   (fed the int labels) regresses the score -(x - x0)/sigma²; each term is weighted by sigma²."""
   sigmas = smld_sigmas(vesde)[labels]
-  noise = _per_sample(sigmas, x0) * z
+  noise = sde_lib.per_sample(sigmas, x0) * z
   score = _apply(model, variables, x0 + noise, labels, train, dropout_rng)
-  target = -noise / _per_sample(sigmas ** 2, x0)
+  target = -noise / sde_lib.per_sample(sigmas ** 2, x0)
   return _reduce(jnp.square(score - target), reduce_mean) * sigmas ** 2
 
 
 def ddpm_terms(vpsde, model, variables, x0, labels, z, *, train, reduce_mean, dropout_rng=None):
   """Per-sample DDPM losses (B,): x = sqrt(ᾱ)·x0 + sqrt(1-ᾱ)·z at step `labels`; the network (fed
   the int labels) predicts z."""
-  x = (_per_sample(vpsde.sqrt_alphas_cumprod[labels], x0) * x0
-       + _per_sample(vpsde.sqrt_1m_alphas_cumprod[labels], x0) * z)
+  x = (sde_lib.per_sample(vpsde.sqrt_alphas_cumprod[labels], x0) * x0
+       + sde_lib.per_sample(vpsde.sqrt_1m_alphas_cumprod[labels], x0) * z)
   predicted = _apply(model, variables, x, labels, train, dropout_rng)
   return _reduce(jnp.square(predicted - z), reduce_mean)
 

@@ -13,14 +13,7 @@ from ml_collections.config_flags import config_flags
 
 import run_lib
 
-MODES = {
-    "check": run_lib.check,
-    "sample": run_lib.sample,
-    "calibrate": run_lib.calibrate,
-    "stats": run_lib.stats,
-    "eval": run_lib.evaluate,
-    "train": run_lib.train,
-}
+MODES = run_lib.MODES
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -54,8 +47,7 @@ def main(argv):
   try:
     MODES[FLAGS.mode](apply_shorthands(FLAGS.config), FLAGS.workdir,
                       eval_folder=FLAGS.eval_folder)
-  except (FileNotFoundError, ValueError, run_lib.SamplingError) as error:
-    # CheckpointError, DatasetError and TrainingError are ValueErrors.
+  except run_lib.USER_ERRORS as error:
     # A user's mistake (a missing file, a bad config value) gets its message, not a traceback.
     logging.error("%s", error)
     sys.exit(f"Error: {error}")

@@ -11,15 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _per_sample(values, x):
+def per_sample(values, x):
   """Broadcasts per-sample values (B,) against a batch `x` (B, ...) -> (B, 1, ..., 1)."""
   values = jnp.asarray(values)
   return values.reshape(values.shape + (1,) * (x.ndim - values.ndim))
-
-
-def _step_index(t, T, N):
-  """Index of the discrete step at time t: int(t (N - 1) / T), shape (B,) int32."""
-  return (t * (N - 1) / T).astype(jnp.int32)
 
 
 class SDE(abc.ABC):
@@ -36,6 +31,10 @@ class SDE(abc.ABC):
   @property
   def T(self) -> float:
     return 1.0
+
+  def step_index(self, t):
+    """Index of the discrete step at time t (B,): int(t (N - 1) / T), int32 (SEMANTICS §2)."""
+    return (t * (self.N - 1) / self.T).astype(jnp.int32)
 
   @abc.abstractmethod
   def sde(self, x, t):
@@ -90,7 +89,7 @@ class ReverseSDE:
 
   def _reverse(self, x, t, f, G):
     score = self.score_fn(x, t)
-    rev_f = f - _per_sample(G ** 2, x) * score * self._score_weight
+    rev_f = f - per_sample(G ** 2, x) * score * self._score_weight
     rev_G = jnp.zeros_like(G) if self.probability_flow else G
     return rev_f, rev_G
 
@@ -143,10 +142,15 @@ class VESDE(SDE):
 
   def discretize(self, x, t):
     """SMLD step: f = 0, G = sqrt(sigma_i² - sigma_{i-1}²) with sigma_{-1} = 0."""
-    i = _step_index(t, self.T, self.N)
+    sigma, previous = self.adjacent_sigmas(t)
+    return jnp.zeros_like(x), jnp.sqrt(sigma ** 2 - previous ** 2)
+
+  def adjacent_sigmas(self, t):
+    """(sigma_i, sigma_{i-1}) of the discrete step at time t, each (B,); sigma_{-1} = 0."""
+    i = self.step_index(t)
     sigma = self.discrete_sigmas[i]
     previous = jnp.where(i == 0, jnp.zeros_like(sigma), self.discrete_sigmas[jnp.maximum(i - 1, 0)])
-    return jnp.zeros_like(x), jnp.sqrt(sigma ** 2 - previous ** 2)
+    return sigma, previous
 
 
 class VPSDE(SDE):
@@ -174,11 +178,11 @@ class VPSDE(SDE):
 
   def sde(self, x, t):
     beta_t = self._beta(t)
-    return -0.5 * _per_sample(beta_t, x) * x, jnp.sqrt(beta_t)
+    return -0.5 * per_sample(beta_t, x) * x, jnp.sqrt(beta_t)
 
   def marginal_prob(self, x, t):
     log_mean_coeff = self._log_mean_coeff(t)
-    mean = _per_sample(jnp.exp(log_mean_coeff), x) * x
+    mean = per_sample(jnp.exp(log_mean_coeff), x) * x
     return mean, jnp.sqrt(1.0 - jnp.exp(2.0 * log_mean_coeff))
 
   def prior_sampling(self, rng, shape):
@@ -191,8 +195,8 @@ class VPSDE(SDE):
 
   def discretize(self, x, t):
     """DDPM step: f = sqrt(alpha_i) x - x, G = sqrt(beta_i)."""
-    i = _step_index(t, self.T, self.N)
-    f = _per_sample(jnp.sqrt(self.alphas[i]), x) * x - x
+    i = self.step_index(t)
+    f = per_sample(jnp.sqrt(self.alphas[i]), x) * x - x
     return f, jnp.sqrt(self.discrete_betas[i])
 
 
@@ -206,11 +210,11 @@ class subVPSDE(VPSDE):  # pylint: disable=invalid-name  (score_sde's name)
   def sde(self, x, t):
     beta_t = self._beta(t)
     discount = 1.0 - jnp.exp(-2.0 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
-    return -0.5 * _per_sample(beta_t, x) * x, jnp.sqrt(beta_t * discount)
+    return -0.5 * per_sample(beta_t, x) * x, jnp.sqrt(beta_t * discount)
 
   def marginal_prob(self, x, t):
     log_mean_coeff = self._log_mean_coeff(t)
-    mean = _per_sample(jnp.exp(log_mean_coeff), x) * x
+    mean = per_sample(jnp.exp(log_mean_coeff), x) * x
     return mean, 1.0 - jnp.exp(2.0 * log_mean_coeff)
 
   discretize = SDE.discretize

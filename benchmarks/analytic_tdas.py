@@ -29,11 +29,12 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-import run_lib
 from configs.analytic import ffhq32, ffhq64, lsun256
 from models import analytic
 from models import utils as model_utils
-from tdas import calibration, filter_file, stats as tdas_stats
+from sampling import factory
+from tdas import calibration, files as tdas_files, stats as tdas_stats
+from tdas.settings import TDAS
 
 CONFIGS = {32: ffhq32, 64: ffhq64, 256: lsun256}
 
@@ -54,17 +55,17 @@ flags.DEFINE_integer("seed", 0, "Seed of the measured runs (calibration uses see
 FLAGS = flags.FLAGS
 
 
-def _draw(config, model, variables, steps, num, seed, filters=None):
+def _draw(config, model, variables, steps, num, seed, tdas=None):
   config.sampling.num_steps = steps
   shape = (num, config.data.image_size, config.data.image_size, config.data.num_channels)
-  sampler = run_lib.build_sampler(config, model, shape)[0]
-  x = sampler.sample(jax.random.PRNGKey(seed), variables, filters)
-  return np.asarray(x), sampler.nfe
+  sampler = factory.build(config, shape, model)
+  x, nfe = sampler.sample(jax.random.PRNGKey(seed), variables, tdas)
+  return np.asarray(x), nfe
 
 
 def _calibrated_filters(config, model, variables, budgets, calibration_samples, bins, method,
                         seed):
-  """{N': (filters, filter summary)} calibrated inline as `--mode calibrate` does (DCT)."""
+  """{N': (TDAS, filter summary)} calibrated inline as `--mode calibrate` does (DCT)."""
   full = max(budgets)
   channels = config.data.num_channels
 
@@ -79,12 +80,12 @@ def _calibrated_filters(config, model, variables, budgets, calibration_samples, 
     fit = calibration.calibrate_frequency_filter(s_full, s_steps, channels, "dct", method, bins)
     summary = (dict(radial_gains=[float(g) for g in fit["radial_gains"]]) if method == "radial"
                else {k: fit[method][k] for k in ("r1", "r2", "lambda1", "lambda2")})
-    out[steps] = (dict(space=None, freq=fit["freq"]), summary)
+    out[steps] = (TDAS.from_arrays(freq=fit["freq"]), summary)
   return out
 
 
 def _filters_from_files(directory, budgets, shape):
-  """{N': (filters, filter summary)} from `--mode calibrate`'s filters_<N'>.npz files."""
+  """{N': (TDAS, filter summary)} from `--mode calibrate`'s filters_<N'>.npz files."""
   paths = {steps: os.path.join(directory, f"filters_{steps}.npz") for steps in budgets}
   missing = [p for p in paths.values() if not os.path.isfile(p)]
   if missing:
@@ -92,7 +93,7 @@ def _filters_from_files(directory, budgets, shape):
                             "config.calibrate.steps set to each budget first.")
   out = {}
   for steps, path in paths.items():
-    space, freq, info = filter_file.load_filters(path, shape)
+    space, freq, info = tdas_files.load_filters(path, shape)
     if info.get("transform", "dct") != "dct":
       raise ValueError(f"{path} holds a {info['transform']} filter; this benchmark runs DCT TDAS.")
     method = info.get("method", "zones")
@@ -101,7 +102,8 @@ def _filters_from_files(directory, budgets, shape):
     summary.update(file=os.path.abspath(path), method=method,
                    calibration_samples=info.get("num_samples"), full_steps=info.get("full_steps"))
     # An all-ones space filter (no space_file at calibration) is the vanilla space: skip it.
-    out[steps] = (dict(space=None if np.all(space == 1) else space, freq=freq), summary)
+    out[steps] = (TDAS.from_arrays(space=None if np.all(space == 1) else space, freq=freq),
+                  summary)
   return out
 
 
@@ -124,10 +126,10 @@ def run(size, num_samples, calibration_samples, budgets, bands, calibration_bins
       calibrated = _calibrated_filters(config, model, variables, budgets, calibration_samples,
                                        calibration_bins, method, seed + 1000)
     for steps in budgets:
-      tdas_filters, filter_summary = calibrated[steps]
-      for name, filters in (("vanilla", None), ("tdas", tdas_filters)):
+      calibrated_tdas, filter_summary = calibrated[steps]
+      for name, tdas in (("vanilla", None), ("tdas", calibrated_tdas)):
         start = time.perf_counter()
-        x, nfe = _draw(config, model, variables, steps, num_samples, seed, filters)
+        x, nfe = _draw(config, model, variables, steps, num_samples, seed, tdas)
         seconds = time.perf_counter() - start
         row = dict(method=name, score_error=score_error, steps=steps, nfe=nfe,
                    w2=analytic.dct_diagonal_w2(x, variables), w2_floor=w2_floor,

@@ -33,11 +33,15 @@ from absl import app, flags, logging
 import jax
 import numpy as np
 
+import checkpoints
 import run_lib
 from atomic_io import atomic_savez, atomic_write_text
 from configs.demo import digits_ncsnpp
 from evaluation import digits_classifier, metrics
+from images import image_grid, to_data_scale, to_uint8
 from models import utils as model_utils
+from sampling import devices, factory
+from tdas import settings as tdas_settings
 from tdas import stats as tdas_stats
 
 METHODS = ("vanilla", "tdas", "tdas_one_zone")
@@ -118,22 +122,21 @@ class Measure:
     return result
 
 
-def compile_sampler(sampler, variables, filters) -> None:
-  """Compiles (and runs once, on one chunk) the sampler's programs for these filters, so that
-  `draw`'s seconds are sampling alone."""
-  rng = jax.random.PRNGKey(0)
-  state = sampler.init(rng, filters)
-  jax.block_until_ready(sampler.finish(sampler.advance(state, rng, variables, filters, 0,
+def compile_sampler(sampler, variables, tdas) -> None:
+  """Compiles (and runs once, on one chunk) the sampler's programs for these TDAS settings, so
+  that `draw`'s seconds are sampling alone."""
+  state = sampler.init(jax.random.PRNGKey(0), tdas)
+  jax.block_until_ready(sampler.finish(sampler.advance(state, variables, 0,
                                                        num=sampler.chunk_size())))
 
 
-def draw(sampler, variables, filters, num_steps: int, seed: int):
+def draw(sampler, variables, tdas, num_steps: int, seed: int):
   """One timed sample set: (images (N, H, W, C) in model space, NFE, seconds)."""
   rng = jax.random.PRNGKey(seed)
   start = time.perf_counter()
-  x, nfe = run_lib.run_sampler(sampler, rng, variables, filters,
-                               progress_label=f"{num_steps} steps, seed {seed}",
-                               what=f"{num_steps} steps, seed {seed}")
+  x, nfe = factory.run(sampler, rng, variables, tdas,
+                       progress_label=f"{num_steps} steps, seed {seed}",
+                       what=f"{num_steps} steps, seed {seed}")
   return x, nfe, time.perf_counter() - start
 
 
@@ -210,9 +213,9 @@ def run(workdir: str, speedups, num_samples: int, seeds: int, calibration_sample
   if tdas.use_space:
     tdas.space_file, tdas.space_alpha = space_file(workdir), float(space_alpha)
   config.sampling.vanilla_comparison = False
-  run_lib.set_matmul_precision(config)
+  devices.set_matmul_precision(config)
   model = model_utils.create_model(config)
-  variables, source = run_lib.load_variables(config, workdir)
+  variables, source = checkpoints.load_variables(config, workdir)
   measure = Measure(digits_classifier.load_classifier(), bins)
   full = int(config.model.num_scales)
   budgets = budgets_of(full, speedups)
@@ -229,7 +232,7 @@ def run(workdir: str, speedups, num_samples: int, seeds: int, calibration_sample
     # One sampler per budget: the methods differ only in the filters passed to it.
     shape = (num_samples, config.data.image_size, config.data.image_size,
              config.data.num_channels)
-    sampler = run_lib.build_sampler(method_config(config, "vanilla", steps), model, shape)[0]
+    sampler = factory.build(method_config(config, "vanilla", steps), shape, model)
     for method in METHODS:
       # At N the frequency filter is the identity: TDAS is the space filter alone, or vanilla.
       same_as = None
@@ -242,11 +245,11 @@ def run(workdir: str, speedups, num_samples: int, seeds: int, calibration_sample
                  and r["method"] == same_as]
         previews[(method, steps)] = previews[(same_as, steps)]
         continue
-      filters = run_lib.load_tdas_filters(method_config(config, method, steps, calibration))
-      compile_sampler(sampler, variables, filters)
+      method_tdas = tdas_settings.resolve(method_config(config, method, steps, calibration))
+      compile_sampler(sampler, variables, method_tdas)
       for seed in range(seeds):
-        x, nfe, seconds = draw(sampler, variables, filters, steps, seed)
-        images = run_lib.to_data_scale(x, config.data.centered)
+        x, nfe, seconds = draw(sampler, variables, method_tdas, steps, seed)
+        images = to_data_scale(x, config.data.centered)
         row = dict(method=method, steps=steps, speedup=full / steps, seed=seed, nfe=nfe,
                    seconds=seconds, **measure(images))
         rows.append(row)
@@ -254,7 +257,7 @@ def run(workdir: str, speedups, num_samples: int, seeds: int, calibration_sample
                      method, steps, seed, row["frechet_distance"], row["frequency_deviation"],
                      row["label_entropy"], seconds)
         if seed == 0:
-          previews[(method, steps)] = run_lib.to_uint8(x[:16], config.data.centered)
+          previews[(method, steps)] = to_uint8(x[:16], config.data.centered)
   result = dict(
       config="configs/demo/digits_ncsnpp.py", checkpoint=source, full_steps=full,
       budgets=budgets, num_samples=num_samples, seeds=seeds,
@@ -280,7 +283,7 @@ def save_grids(path: str, previews, budgets) -> None:
   for i, method in enumerate(METHODS):
     for j, steps in enumerate(budgets):
       axis = axes[i][j]
-      axis.imshow(run_lib.image_grid(previews[(method, steps)], 4)[..., 0], cmap="gray",
+      axis.imshow(image_grid(previews[(method, steps)], 4)[..., 0], cmap="gray",
                   vmin=0, vmax=255)
       axis.set_xticks([])
       axis.set_yticks([])

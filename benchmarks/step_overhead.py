@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-import run_lib
 from models import utils as model_utils
+from sampling import factory
 from tdas import filters as tdas_filters
+from tdas.settings import TDAS
 
 flags.DEFINE_string("config", "ve/ffhq_256_ncsnpp_continuous", "Config under configs/.")
 flags.DEFINE_integer("nf", 16, "Network width (model.nf); 0 keeps the config's.")
@@ -59,15 +60,15 @@ def measure(config, batch, steps, repeats):
     return jax.lax.fori_loop(0, steps, body, x)
 
   config.sampling.num_steps = steps
-  sampler = run_lib.build_sampler(config, model, shape)[0]
+  sampler = factory.build(config, shape, model)
   freq = tdas_filters.frequency_filter(shape[1:], 0.4, 0.455, 0.955, 0.878)
   space = tdas_filters.space_filter(np.random.RandomState(0).uniform(0.2, 0.8, shape[1:]))
-  filters = jax.device_put(dict(space=space, freq=freq))
+  tdas = TDAS.from_arrays(space=jax.device_put(space), freq=jax.device_put(freq))
   rng = jax.random.PRNGKey(2)
   variants = {
       "forward": lambda: forwards(variables, x),
       "step_vanilla": lambda: sampler.sample(rng, variables, None),
-      "step_tdas": lambda: sampler.sample(rng, variables, filters),
+      "step_tdas": lambda: sampler.sample(rng, variables, tdas),
   }
   compile_seconds = {name: _time(fn) for name, fn in variants.items()}  # first call compiles
   best = {name: float("inf") for name in variants}

@@ -121,3 +121,12 @@ def add_project_fields(config: ml_collections.ConfigDict) -> ml_collections.Conf
     for key, value in defaults.items():
       target[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
   return config
+
+
+def section_with_defaults(config, section: str) -> ml_collections.ConfigDict:
+  """`config.<section>` with the project's defaults filled in for fields a config lacks (a copy)."""
+  settings = ml_collections.ConfigDict(section_defaults(section))
+  if section in config:
+    for key, value in config[section].items():
+      settings[key] = value
+  return settings

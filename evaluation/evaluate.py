@@ -13,54 +13,30 @@ from absl import logging
 from evaluation import inception as inception_lib
 from evaluation import metrics
 from evaluation import statistics
-
-_TRANSFORM_KEYS = {"dct": "dct_amplitude", "dft": "dft_amplitude"}
-
+from tdas import files as tdas_files
+from tdas import stats as tdas_stats
 
 def frequency_reference(config, workdir: str, stats: Dict[str, Any]
                         ) -> Optional[Dict[str, Any]]:
   """The data's mean-amplitude maps for the frequency deviation, or None when there are none.
 
-  `config.eval.frequency_stats_file` (an .npz with `dct_amplitude` and/or `dft_amplitude` (H, W)
-  of images in [0, 1], as `--mode stats` writes) if set; else the `dct_amplitude` the Inception
-  statistics file may carry; else `<workdir>/stats/frequency_<dataset>_<size>.npz` if it exists.
+  `config.eval.frequency_stats_file` (a `--mode stats` frequency file, read by `tdas.files`) if
+  set; else the `dct_amplitude` the Inception statistics file may carry; else
+  `<workdir>/stats/frequency_<dataset>_<size>.npz` if it exists.
 
   Returns:
     {'path': file, 'maps': {'dct': (H, W), ...}} or None.
   """
   path = str(config.eval.get("frequency_stats_file", "") or "")
+  field = "config.eval.frequency_stats_file"
   if not path:
     if "dct_amplitude" in stats:
       return dict(path=stats.get("path"), maps=dict(dct=stats["dct_amplitude"]))
-    default = statistics.frequency_stats_path(workdir, config.data.dataset,
-                                              config.data.image_size)
-    if not os.path.isfile(default):
+    path = statistics.frequency_stats_path(workdir, config.data.dataset, config.data.image_size)
+    if not os.path.isfile(path):
       return None
-    path = default
-  label = (f"config.eval.frequency_stats_file={path!r}" if config.eval.get("frequency_stats_file")
-           else f"Frequency statistics {path!r}")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config.eval.frequency_stats_file={path!r} does not exist: make it "
-                            "with `--mode stats`, or clear the field to skip the frequency "
-                            "deviation.")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      maps = {t: np.asarray(data[k], np.float64) for t, k in _TRANSFORM_KEYS.items()
-              if k in data.files}
-      files = list(data.files)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{label} is not a readable .npz: "
-                     f"{type(e).__name__}: {e}") from e
-  if not maps:
-    raise ValueError(f"{label} holds {files}; expected "
-                     "`dct_amplitude` (H, W) (and/or `dft_amplitude`).")
-  for transform, amplitude in maps.items():
-    if amplitude.ndim == 3:  # per channel: the deviation uses the channel average
-      maps[transform] = amplitude.mean(axis=2)
-    elif amplitude.ndim != 2:
-      raise ValueError(f"{path!r}: `{_TRANSFORM_KEYS[transform]}` has shape {amplitude.shape}; "
-                       "expected (H, W).")
-  return dict(path=path, maps=maps)
+    field = "the default frequency statistics (<workdir>/stats/)"
+  return dict(path=path, maps=tdas_files.read_frequency(path, field))
 
 
 def _subset(features: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -121,7 +97,6 @@ def evaluate_folder(config, workdir: str, folder: str, extractor=None,
     notes.append("the statistics were computed with other Inception weights "
                  f"({stats_sha[:8]}...) than the samples ({weights_sha[:8]}...).")
 
-  from tdas import stats as tdas_stats  # pylint: disable=g-import-not-at-top
   spectra = tdas_stats.ImageStatistics(tuple(frequency["maps"]) if frequency else ("dct",))
   shapes = []
 

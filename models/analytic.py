@@ -34,8 +34,6 @@ from MODEL_FIELD_DEFAULTS when a config lacks them):
 and `config.data.image_size/num_channels`, `config.training.sde/continuous`, the SDE fields.
 """
 import functools
-import os
-import zipfile
 from typing import Dict, Tuple
 
 import flax.linen as nn
@@ -47,6 +45,7 @@ import scipy.fft
 
 import sde_lib
 from models import utils
+from tdas import files as tdas_files
 from tdas import filters as tdas_filters
 from tdas import transforms
 
@@ -183,44 +182,13 @@ def power_law_target(config) -> Tuple[np.ndarray, np.ndarray]:
   return mean.astype(np.float32), dct_variance.astype(np.float32)
 
 
-def load_target_file(path: str, shape) -> Tuple[np.ndarray, np.ndarray]:
-  """(mean, dct_variance), each (H, W, C) float32, from an `.npz` (`config.model.target_file`).
-
-  `shape` is the config's (H, W, C); a missing file, missing keys, a shape mismatch or negative
-  variances are a ValueError / FileNotFoundError naming the file.
-  """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'config.model.target_file={path!r} does not exist (make one with '
-                            '--mode stats, or clear the field for the power-law target).')
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      missing = [k for k in ('mean', 'dct_variance') if k not in data.files]
-      if missing:
-        raise ValueError(f'Analytic target file {path!r} lacks {missing} (it holds '
-                         f'{sorted(data.files)}).')
-      mean = np.asarray(data['mean'], np.float32)
-      dct_variance = np.asarray(data['dct_variance'], np.float32)
-  except (OSError, EOFError, zipfile.BadZipFile) as error:
-    raise ValueError(f'Analytic target file {path!r} is not a readable .npz: {error}') from error
-  for name, array in (('mean', mean), ('dct_variance', dct_variance)):
-    if tuple(array.shape) != tuple(shape):
-      raise ValueError(f'Analytic target file {path!r}: `{name}` has shape {array.shape} but the '
-                       f'config\'s images are {tuple(shape)} (data.image_size, '
-                       'data.num_channels).')
-  if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(dct_variance))
-          and np.all(dct_variance >= 0)):
-    raise ValueError(f'Analytic target file {path!r}: `mean` must be finite and `dct_variance` '
-                     'finite and non-negative.')
-  return mean, dct_variance
-
-
 def config_target(config) -> Tuple[np.ndarray, np.ndarray]:
   """(mean, dct_variance) (H, W, C) of the config: `model.target_file` if set, else the power law."""
   path = _field(config, 'target_file')
   if path:
     shape = (int(config.data.image_size), int(config.data.image_size),
              int(config.data.num_channels))
-    return load_target_file(path, shape)
+    return tdas_files.read_analytic_target(path, shape)
   return power_law_target(config)
 
 
@@ -396,7 +364,7 @@ class AnalyticGaussian(nn.Module):
   -std(t)·score (VP/subVP), as `models.utils.get_score_fn` expects.
   """
   config: ml_collections.ConfigDict
-  # Nothing to load: `run_lib` builds the variables from the config with this.
+  # Nothing to load: `checkpoints.load_variables` builds the variables from the config with this.
   variables_from_config = staticmethod(target_variables)
 
   @nn.compact

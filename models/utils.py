@@ -117,7 +117,7 @@ def get_score_fn(sde, model, variables, continuous, num_scales=None, train=False
         labels = t * (num_scales - 1)
         std = training_sde.sqrt_1m_alphas_cumprod[labels.astype(jnp.int32)]
       output = apply(x, labels, rng)
-      return -output / std.reshape(std.shape + (1,) * (x.ndim - std.ndim))
+      return -output / sde_lib.per_sample(std, x)
 
   else:
     raise ValueError(f"No score-function convention for SDE {type(sde).__name__}.")

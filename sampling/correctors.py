@@ -1,9 +1,9 @@
 """Correctors: Langevin steps at a fixed time t (SEMANTICS §5).
 
-Noise comes only from the `noise(j)` callable (j = the corrector step), standard or TDAS-coloured;
-the step size uses the norm of the noise actually added. Norms are per-sample L2 norms averaged
-over the whole batch (across every device: the arrays are global), so the step does not depend on
-how the batch is split.
+Noise comes only from the `sampling.noise.NoiseSource` passed in (one draw per corrector step,
+standard or TDAS-coloured); the step size uses the norm of the noise actually added. Norms are
+per-sample L2 norms averaged over the whole batch (across every device: the arrays are global),
+so the step does not depend on how the batch is split.
 """
 import jax
 import jax.numpy as jnp
@@ -12,10 +12,6 @@ import sde_lib
 from sampling.registry import Registry
 
 CORRECTORS = Registry("corrector", "config.sampling.corrector")
-
-
-def _per_sample(values, x):
-  return values.reshape(values.shape + (1,) * (x.ndim - values.ndim))
 
 
 def _batch_mean_norm(v):
@@ -39,24 +35,24 @@ class Corrector:
   def _alpha(self, t):
     """alpha_i of the VP schedule (1 for VE), shape (B,)."""
     if isinstance(self.sde, sde_lib.VPSDE):  # VP and subVP
-      i = (t * (self.sde.N - 1) / self.sde.T).astype(jnp.int32)
-      return self.sde.alphas[i]
+      return self.sde.alphas[self.sde.step_index(t)]
     return jnp.ones_like(t)
 
   def step_size(self, x, t, grad, z):
     raise NotImplementedError
 
   def update(self, x, t, noise):
-    """Returns (x, x_mean) after n_steps steps; noise(j) draws the noise of step j."""
+    """Returns (x, x_mean, noise) after n_steps steps, one draw from `noise` per step."""
     def one_step(j, carry):
-      x, _ = carry
+      del j
+      x, _, noise = carry
       grad = self.score_fn(x, t)
-      z = noise(j)
+      z, noise = noise.draw()
       step = self.step_size(x, t, grad, z)
-      x_mean = x + _per_sample(step, x) * grad
-      return x_mean + _per_sample(jnp.sqrt(2.0 * step), x) * z, x_mean
+      x_mean = x + sde_lib.per_sample(step, x) * grad
+      return x_mean + sde_lib.per_sample(jnp.sqrt(2.0 * step), x) * z, x_mean, noise
 
-    return jax.lax.fori_loop(0, self.n_steps, one_step, (x, x))
+    return jax.lax.fori_loop(0, self.n_steps, one_step, (x, x, noise))
 
 
 @CORRECTORS.register("langevin")
@@ -86,4 +82,6 @@ class NoCorrector(Corrector):
     return 0
 
   def update(self, x, t, noise):
-    return x, x
+    # Skip the draws a corrector would make, so that the predictor's noise at each step is the
+    # same draw whether or not the run corrects.
+    return x, x, noise.skip(self.n_steps)

@@ -56,3 +56,13 @@ def local_rows(array) -> np.ndarray:
       seen.add(start)
       rows.append(np.asarray(shard.data))
   return np.concatenate(rows, axis=0)
+
+
+def set_matmul_precision(config):
+  """Applies `sampling.matmul_precision` ('highest' keeps the released networks exact on GPUs,
+  where 'default' runs float32 convolutions as TF32: about 2× faster, ~1e-3 relative error)."""
+  precision = config.sampling.matmul_precision
+  if precision not in ("default", "high", "highest"):
+    raise ValueError(f"config.sampling.matmul_precision={precision!r} must be 'default', 'high' "
+                     "or 'highest'.")
+  jax.config.update("jax_default_matmul_precision", precision)

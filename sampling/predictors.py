@@ -1,7 +1,8 @@
 """Predictors: one reverse-time step from t to t - 1/N' (SEMANTICS §5).
 
-Each predictor draws its noise only through the `noise()` callable it is given: a standard normal
-draw for the vanilla sampler, a TDAS-coloured draw otherwise. Shapes: x (B, H, W, C), t (B,).
+Each predictor draws its noise only from the `sampling.noise.NoiseSource` it is given (standard
+normal for the vanilla sampler, TDAS-coloured otherwise) and returns the source it advanced.
+Shapes: x (B, H, W, C), t (B,).
 """
 import jax.numpy as jnp
 
@@ -9,10 +10,6 @@ import sde_lib
 from sampling.registry import Registry
 
 PREDICTORS = Registry("predictor", "config.sampling.predictor")
-
-
-def _per_sample(values, x):
-  return values.reshape(values.shape + (1,) * (x.ndim - values.ndim))
 
 
 class Predictor:
@@ -26,7 +23,7 @@ class Predictor:
     self.reverse = sde.reverse(score_fn, probability_flow)
 
   def update(self, x, t, noise):
-    """Returns (x_next, x_next_mean) given the state x at time t and a noise source."""
+    """Returns (x_next, x_next_mean, noise) given the state x at time t and a noise source."""
     raise NotImplementedError
 
 
@@ -38,7 +35,8 @@ class EulerMaruyama(Predictor):
     dt = -1.0 / self.reverse.N
     drift, diffusion = self.reverse.sde(x, t)
     x_mean = x + drift * dt
-    return x_mean + _per_sample(diffusion, x) * jnp.sqrt(-dt) * noise(), x_mean
+    z, noise = noise.draw()
+    return x_mean + sde_lib.per_sample(diffusion, x) * jnp.sqrt(-dt) * z, x_mean, noise
 
 
 @PREDICTORS.register("reverse_diffusion")
@@ -48,7 +46,8 @@ class ReverseDiffusion(Predictor):
   def update(self, x, t, noise):
     f, G = self.reverse.discretize(x, t)
     x_mean = x - f
-    return x_mean + _per_sample(G, x) * noise(), x_mean
+    z, noise = noise.draw()
+    return x_mean + sde_lib.per_sample(G, x) * z, x_mean, noise
 
 
 @PREDICTORS.register("ancestral_sampling")
@@ -66,18 +65,18 @@ class AncestralSampling(Predictor):
 
   def update(self, x, t, noise):
     sde = self.sde
-    i = (t * (sde.N - 1) / sde.T).astype(jnp.int32)
     score = self.score_fn(x, t)
     if isinstance(sde, sde_lib.VESDE):
-      sigma = sde.discrete_sigmas[i]
-      previous = jnp.where(i == 0, 0.0, sde.discrete_sigmas[jnp.maximum(i - 1, 0)])
-      x_mean = x + _per_sample(sigma ** 2 - previous ** 2, x) * score
+      sigma, previous = sde.adjacent_sigmas(t)
+      x_mean = x + sde_lib.per_sample(sigma ** 2 - previous ** 2, x) * score
       std = jnp.sqrt(previous ** 2 * (sigma ** 2 - previous ** 2) / sigma ** 2)
     else:
-      beta = sde.discrete_betas[i]
-      x_mean = (x + _per_sample(beta, x) * score) / _per_sample(jnp.sqrt(1.0 - beta), x)
+      beta = sde.discrete_betas[sde.step_index(t)]
+      x_mean = ((x + sde_lib.per_sample(beta, x) * score)
+                / sde_lib.per_sample(jnp.sqrt(1.0 - beta), x))
       std = jnp.sqrt(beta)
-    return x_mean + _per_sample(std, x) * noise(), x_mean
+    z, noise = noise.draw()
+    return x_mean + sde_lib.per_sample(std, x) * z, x_mean, noise
 
 
 @PREDICTORS.register("none")
@@ -87,4 +86,4 @@ class NoPredictor(Predictor):
   evaluations = 0
 
   def update(self, x, t, noise):
-    return x, x
+    return x, x, noise

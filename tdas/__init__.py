@@ -1,2 +1,3 @@
 """Target Distribution Aware Sampling: transforms, filters and coloured noise (SEMANTICS §6),
-frequency statistics (`stats`), filter calibration (`calibration`) and the paper's presets."""
+the run's settings resolved once (`settings`), its file formats (`files`), frequency statistics
+(`stats`), filter calibration (`calibration`) and the paper's presets."""

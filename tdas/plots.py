@@ -182,7 +182,7 @@ def plot_space(path, mean_image, space, title: str):
 
 
 def plot_sample_sets(path, grids: dict, title: str):
-  """Labelled uint8 image grids (h, w, C) (e.g. `run_lib.image_grid` of a few samples), side by
+  """Labelled uint8 image grids (h, w, C) (e.g. `images.image_grid` of a few samples), side by
   side."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 5.4))

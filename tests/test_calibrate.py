@@ -7,10 +7,13 @@ import sys
 import numpy as np
 import pytest
 
+import calibration_sets
+import images
 import run_lib
 from configs.analytic import get_analytic_config
 from models import analytic
-from tdas import filter_file
+from tdas import files as tdas_files
+from tdas import settings as tdas_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +50,7 @@ def test_calibrate_writes_filters_json_and_plots(calibrated):
   assert zones["lambda2"] < 1 and zones["lambda1"] < 1, zones
   assert summary["filter"] == zones
   assert all(d > 1 for d in summary["profile"]["deviation"][4:])
-  space, freq, info = filter_file.load_filters(summary["filter_file"], (16, 16, 3))
+  space, freq, info = tdas_files.load_filters(summary["filter_file"], (16, 16, 3))
   assert np.all(space == 1) and info["method"] == "zones" and info["transform"] == "dct"
   assert freq.min() == pytest.approx(min(zones["lambda1"], zones["lambda2"]), rel=1e-6)
   assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
@@ -86,11 +89,11 @@ def test_reference_set_is_computed_once_per_config_and_seed(calibrated):
   assert second["cache_key"] == first["cache_key"]
   assert {f: os.path.getmtime(os.path.join(reference, f)) for f in os.listdir(reference)} == stamps
   assert len([d for d in os.listdir(cache) if d.startswith("reference_")]) == 1
-  _, freq, info = filter_file.load_filters(second["filter_file"], (16, 16, 3))
+  _, freq, info = tdas_files.load_filters(second["filter_file"], (16, 16, 3))
   assert info["method"] == "radial" and len(np.unique(freq)) > 3
   # Another seed is another reference set.
   config.calibrate.seed = 1
-  assert run_lib._calibration_key(config, "x", 1, 16) != run_lib._calibration_key(
+  assert calibration_sets.cache_key(config, "x", 1, 16) != calibration_sets.cache_key(
       config, "x", 0, 16)
 
 
@@ -117,17 +120,17 @@ def test_calibrate_errors_are_clear(tmp_path):
   config = _calibration_config()
   config.calibrate.steps = 0
   config.calibrate.speedup = 4.0
-  assert run_lib.calibration_steps(config) == (100, 25)
+  assert calibration_sets.calibration_steps(config) == (100, 25)
   config.calibrate.speedup = 0.0
   config.sampling.num_steps = 40
-  assert run_lib.calibration_steps(config) == (100, 40)
+  assert calibration_sets.calibration_steps(config) == (100, 40)
 
 
 def _target_images(config, num, seed=0):
   """uint8 draws of the config's analytic target (an FFHQ-like Gaussian), clipped to [0, 1]."""
   import jax  # pylint: disable=g-import-not-at-top
   x = analytic.sample_target(jax.random.PRNGKey(seed), analytic.target_variables(config), num)
-  return run_lib.to_uint8(x, centered=False)
+  return images.to_uint8(x, centered=False)
 
 
 def test_stats_mode_writes_space_frequency_and_analytic_files(tmp_path):
@@ -153,9 +156,9 @@ def test_stats_mode_writes_space_frequency_and_analytic_files(tmp_path):
     stored_space = space["space"]
   config.sampling.tdas.enabled = True
   config.sampling.tdas.space_file = str(out / f"space_{stem}.npz")
-  filters = run_lib.load_tdas_filters(config)
-  np.testing.assert_allclose(filters["space"], stored_space)
-  assert filters["space"].min() >= 0.5  # alpha = 2
+  tdas = tdas_settings.resolve(config)
+  np.testing.assert_allclose(tdas.space, stored_space)
+  assert tdas.space.min() >= 0.5  # alpha = 2
   # The analytic file is what config.model.target_file takes; it recovers the target roughly.
   truth = analytic.target_variables(config)["target"]
   config.model.target_file = summary["files"]["analytic"]

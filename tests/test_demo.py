@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-import run_lib
+import checkpoints
 from benchmarks import learned_tdas
 from configs.demo import digits_ncsnpp
 from evaluation import digits_classifier
-from models import utils as model_utils
+from sampling import devices, factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,12 +58,11 @@ def test_classifier_file_errors_name_the_file(tmp_path):
 def test_shipped_model_samples_legible_digits_at_full_steps(classifier):
   """200 PC steps from the committed EMA weights: the classifier reads confident, varied digits."""
   config = digits_ncsnpp.get_config()
-  run_lib.set_matmul_precision(config)
-  model = model_utils.create_model(config)
-  variables, source = run_lib.load_variables(config, "unused")
+  devices.set_matmul_precision(config)
+  variables, source = checkpoints.load_variables(config, "unused")
   assert source.startswith(os.path.join(REPO, "assets", "digits_ncsnpp"))
-  sampler = run_lib.build_sampler(config, model, (40, 16, 16, 1))[0]
-  x, nfe = run_lib.run_sampler(sampler, jax.random.PRNGKey(7), variables, None, what="demo")
+  sampler = factory.build(config, (40, 16, 16, 1))
+  x, nfe = factory.run(sampler, jax.random.PRNGKey(7), variables, None, what="demo")
   assert nfe == 400
   measured = digits_classifier.DigitsQuality(classifier)(x)
   assert measured["mean_image_entropy"] < 0.35, measured

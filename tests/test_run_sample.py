@@ -10,6 +10,7 @@ import run_lib
 from configs.analytic import ffhq32
 from configs.project_fields import add_project_fields
 from reference_cases import GOLDEN_DIR, golden_case
+from sampling import factory
 
 RELEASED_WORKDIR = os.path.join(GOLDEN_DIR, "score_sde_checkpoint", "ncsnpp_ffhq_small")
 
@@ -93,7 +94,7 @@ def test_rerun_skips_finished_rounds(analytic_run):
 def test_nan_round_is_an_error_and_is_not_written(tmp_path):
   config = _analytic_config()
   config.sampling.snr = 1e30  # a Langevin step size no sampler survives
-  with pytest.raises(run_lib.SamplingError, match="Round 0: .* NaN or inf"):
+  with pytest.raises(factory.SamplingError, match="Round 0: .* NaN or inf"):
     run_lib.sample(config, str(tmp_path))
   assert not [f for f in os.listdir(tmp_path / "eval") if f.startswith("samples_")]
 

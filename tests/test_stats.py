@@ -11,7 +11,7 @@ import pytest
 import datasets
 from configs.analytic import get_analytic_config
 from models import analytic
-from tdas import calibration, filter_file, filters, presets, setup, stats
+from tdas import calibration, files, filters, presets, settings, stats
 
 
 def _dct_basis(height, width, k, l):
@@ -185,12 +185,12 @@ def test_every_preset_resolves_to_a_valid_filter():
   assert len(presets.PRESETS) == 13
   for name, preset in presets.PRESETS.items():
     config = _tdas_config(preset=name)
-    resolved = setup.effective_tdas(config)
+    resolved = settings.effective_fields(config)
     assert resolved.transform == preset.transform and resolved.lambda2 == preset.lambda2
-    built = setup.build_filters(config)
-    assert built["freq"].shape == (32, 32, 3) and built["freq"].min() == pytest.approx(
+    built = settings.resolve(config)
+    assert built.freq.shape == (32, 32, 3) and built.freq.min() == pytest.approx(
         preset.lambda2, rel=1e-6)
-    assert setup.describe(config, built)["preset"] == name
+    assert built.describe()["preset"] == name
   ffhq = presets.get_preset("ffhq_100_dft")
   assert (ffhq.lambda1, ffhq.lambda2, ffhq.r1, ffhq.r2) == (0.955, 0.878, 0.400, 0.455)
   church = presets.get_preset("lsun_church_400_dct")
@@ -200,26 +200,24 @@ def test_every_preset_resolves_to_a_valid_filter():
 
 
 def test_a_preset_sets_the_samplers_transform():
-  import run_lib  # pylint: disable=g-import-not-at-top
-  from models import utils as model_utils  # pylint: disable=g-import-not-at-top
   config = _tdas_config(preset="cifar10_200_dft")
   assert config.sampling.tdas.transform == "dct"  # the config itself is not changed
-  sampler = run_lib.build_sampler(config, model_utils.create_model(config), (1, 32, 32, 3))[0]
-  assert sampler.tdas.transform == "dft"
+  tdas = settings.resolve(config)
+  assert tdas.transform == tdas.coloring().transform == "dft"
+  assert tdas.describe()["transform"] == "dft"
 
 
 def test_unknown_preset_and_conflicts_are_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="not a known TDAS preset.*cifar10_200_dft"):
-    setup.build_filters(_tdas_config(preset="cifar10_300_dft"))
+    settings.resolve(_tdas_config(preset="cifar10_300_dft"))
   with pytest.raises(ValueError, match="clear one of them"):
-    setup.effective_tdas(_tdas_config(preset="ffhq_100_dft", filter_file="f.npz"))
+    settings.resolve(_tdas_config(preset="ffhq_100_dft", filter_file="f.npz"))
   # A filter file made for the DFT refuses a DCT sampler.
   path = str(tmp_path / "dft.npz")
-  filter_file.save_filters(path, np.ones((32, 32, 3)), np.ones((32, 32, 3)),
-                           dict(transform="dft"))
+  files.save_filters(path, np.ones((32, 32, 3)), np.ones((32, 32, 3)), dict(transform="dft"))
   config = _tdas_config(filter_file=path)
   with pytest.raises(ValueError, match="DFT frequency filter"):
-    setup.build_filters(config, loaded=filter_file.load_filters(path, (32, 32, 3)))
+    settings.resolve(config)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 from scipy import fft as sfft
 
 from configs.tiny import ncsnpp_ve_continuous
-from tdas import filter_file, filters, noise, setup, transforms
+from tdas import files, filters, noise, settings, transforms
 
 
 def test_dct_is_scipys_orthonormal_dct_and_inverts():
@@ -96,44 +96,92 @@ def test_filter_file_round_trip_and_errors(tmp_path):
   space = np.full((4, 4, 3), 0.5, np.float32)
   freq = filters.frequency_filter((4, 4, 3), 0.4, 0.5, 0.9, 0.8)
   path = str(tmp_path / "filters.npz")
-  filter_file.save_filters(path, space, freq, dict(made_by="test", steps=10))
-  s, f, info = filter_file.load_filters(path, shape=(4, 4, 3))
+  files.save_filters(path, space, freq, dict(made_by="test", steps=10))
+  s, f, info = files.load_filters(path, shape=(4, 4, 3))
   np.testing.assert_array_equal(s, space)
   np.testing.assert_array_equal(f, freq)
   assert info == dict(made_by="test", steps=10)
-  with pytest.raises(filter_file.FilterFileError, match=r"data.image_size"):
-    filter_file.load_filters(path, shape=(8, 8, 3))
-  with pytest.raises(filter_file.FilterFileError, match="does not exist"):
-    filter_file.load_filters(str(tmp_path / "nope.npz"))
+  with pytest.raises(files.FilterFileError, match=r"data.image_size"):
+    files.load_filters(path, shape=(8, 8, 3))
+  with pytest.raises(files.FilterFileError, match="does not exist"):
+    files.load_filters(str(tmp_path / "nope.npz"))
   truncated = tmp_path / "truncated.npz"
   truncated.write_bytes(open(path, "rb").read()[:100])
-  with pytest.raises(filter_file.FilterFileError, match="not a readable"):
-    filter_file.load_filters(str(truncated))
+  with pytest.raises(files.FilterFileError, match="not a readable"):
+    files.load_filters(str(truncated))
   np.savez(tmp_path / "partial.npz", space=space)
-  with pytest.raises(filter_file.FilterFileError, match=r"lacks \['freq', 'info'\]"):
-    filter_file.load_filters(str(tmp_path / "partial.npz"))
+  with pytest.raises(files.FilterFileError, match=r"lacks \['freq', 'info'\]"):
+    files.load_filters(str(tmp_path / "partial.npz"))
   # space_alpha = 1 gives 0 where the data's mean is 0 (a digit's border): allowed in space only.
   space[0, 0] = 0.0
-  filter_file.save_filters(path, space, freq, {})
-  assert filter_file.load_filters(path)[0][0, 0, 0] == 0.0
+  files.save_filters(path, space, freq, {})
+  assert files.load_filters(path)[0][0, 0, 0] == 0.0
   for bad_space, bad_freq, what in ((-space, freq, "`space` must be finite and non-negative"),
                                     (space, 0 * freq, "`freq` must be finite and positive")):
-    filter_file.save_filters(path, bad_space, bad_freq, {})
-    with pytest.raises(filter_file.FilterFileError, match=what):
-      filter_file.load_filters(path)
+    files.save_filters(path, bad_space, bad_freq, {})
+    with pytest.raises(files.FilterFileError, match=what):
+      files.load_filters(path)
 
 
-def test_build_filters_from_config():
+def test_frequency_file_round_trip_and_errors(tmp_path):
+  from tdas import stats  # pylint: disable=g-import-not-at-top
+  images = np.random.RandomState(0).rand(5, 4, 6, 2)
+  statistics = stats.ImageStatistics().update(images)
+  path = str(tmp_path / "frequency.npz")
+  files.save_frequency(path, statistics)
+  maps = files.read_frequency(path, "config.eval.frequency_stats_file", (4, 6))
+  assert sorted(maps) == ["dct", "dft"]
+  np.testing.assert_allclose(maps["dct"], statistics.amplitude("dct"))
+  dft = files.read_frequency(path, "config.calibrate.data_stats_file", transform="dft")
+  assert list(dft) == ["dft"]
+  with pytest.raises(ValueError, match=r"are \(4, 4\)"):
+    files.read_frequency(path, "config.eval.frequency_stats_file", (4, 4))
+  with pytest.raises(FileNotFoundError, match="config.calibrate.data_stats_file='nope.npz'"):
+    files.read_frequency("nope.npz", "config.calibrate.data_stats_file")
+  np.savez(tmp_path / "other.npz", dct_amplitude=maps["dct"])
+  with pytest.raises(ValueError, match="expected `dft_amplitude`"):
+    files.read_frequency(str(tmp_path / "other.npz"), "config.calibrate.data_stats_file",
+                         transform="dft")
+
+
+def test_tdas_settings_resolved_from_config(tmp_path):
   config = ncsnpp_ve_continuous.get_config()
-  assert setup.build_filters(config) is None  # TDAS off by default
+  off = settings.resolve(config)  # TDAS off by default
+  assert not off.enabled and off.coloring() is None and off.describe() == dict(enabled=False)
   config.sampling.tdas.enabled = True
   config.sampling.tdas.lambda2 = 0.7
-  built = setup.build_filters(config, mean_image=np.full((16, 16, 3), 0.4))
-  assert built["freq"].shape == (16, 16, 3) and built["freq"].min() == pytest.approx(0.7)
-  np.testing.assert_allclose(built["space"], 1.0)  # a constant mean image gives A = 1
+  space_file = str(tmp_path / "space.npz")
+  files.save_space(space_file, np.full((16, 16, 3), 0.4), np.ones((16, 16, 3)), "sqrt", 1.0, 2)
+  config.sampling.tdas.space_file = space_file
+  tdas = settings.resolve(config)
+  assert tdas.freq.shape == (16, 16, 3) and tdas.freq.min() == pytest.approx(0.7)
+  np.testing.assert_allclose(tdas.space, 1.0)  # a constant mean image gives A = 1
+  coloring = tdas.coloring()
+  assert (coloring.transform, coloring.apply_to) == ("dct", "both")
+  assert coloring.colors("init") and coloring.colors("step")
+  described = tdas.describe()
+  assert described["lambda2"] == 0.7 and described["space_f"] == "sqrt"
+  assert described["space_file"] == space_file and described["frequency_filter"]
+  assert not tdas.without_filters().enabled
   config.sampling.tdas.use_frequency = False
   config.sampling.tdas.use_space = False
-  assert setup.build_filters(config) == dict(space=None, freq=None)
+  tdas = settings.resolve(config)
+  assert tdas.enabled and tdas.space is None and tdas.freq is None
   config.sampling.tdas.transform = "wavelet"
   with pytest.raises(ValueError, match="config.sampling.tdas.transform"):
-    setup.build_filters(config)
+    settings.resolve(config)
+
+
+def test_calibration_target_keeps_transform_and_space_but_reads_no_filter_file(tmp_path):
+  config = ncsnpp_ve_continuous.get_config()  # TDAS off: calibration still fits for its settings
+  space_file = str(tmp_path / "space.npz")
+  mean = np.random.RandomState(1).uniform(0.1, 0.9, (16, 16, 3))
+  files.save_space(space_file, mean, np.ones((16, 16, 3)), "sqrt", 2.0, 2)
+  config.sampling.tdas.space_file = space_file
+  config.sampling.tdas.space_alpha = 2.0
+  config.sampling.tdas.transform = "dft"
+  config.sampling.tdas.filter_file = str(tmp_path / "not_made_yet.npz")
+  target = settings.for_calibration(config)
+  assert target.transform == "dft" and target.freq is None
+  np.testing.assert_allclose(target.space, filters.space_filter(mean, "sqrt", 2.0), rtol=1e-6)
+  assert not config.sampling.tdas.enabled  # the config itself is unchanged

@@ -1,7 +1,7 @@
 """`--mode train` on the CPU: a tiny DDPM++ learns scikit-learn's digits (no download).
 
 One shrunken config (8 px, one resolution, no attention) compiles its step once for the 4 forced
-host devices (run_lib caches it): an uninterrupted run, a run that is killed and resumed, the
+host devices (train.py caches it): an uninterrupted run, a run that is killed and resumed, the
 loss comparison and the data-parallel check all share it; the data-parallel check compiles it once
 more for one device. Then the command line trains and samples a checkpoint in subprocesses.
 """
@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import checkpoints
 import datasets
-import run_lib
+import train as train_lib
 from configs.tiny import digits_ddpmpp
 from sampling import devices
 
@@ -59,32 +59,32 @@ def runs(tmp_path_factory):
   config = _config()
   whole = str(tmp_path_factory.mktemp("whole"))
   killed = str(tmp_path_factory.mktemp("killed"))
-  summary = run_lib.train(config, whole)
+  summary = train_lib.train(config, whole)
 
-  log_scalars = run_lib.log_scalars
+  log_scalars = train_lib.log_scalars
 
   def dies_at_kill_step(writer, step, **scalars):
     if step >= KILL_AT:
       raise Killed(step)
     log_scalars(writer, step, **scalars)
 
-  run_lib.log_scalars = dies_at_kill_step
+  train_lib.log_scalars = dies_at_kill_step
   try:
     with pytest.raises(Killed):
-      run_lib.train(config, killed)
+      train_lib.train(config, killed)
   finally:
-    run_lib.log_scalars = log_scalars
+    train_lib.log_scalars = log_scalars
   meta_steps = sorted(int(p.rsplit("_", 1)[1])
                       for p in glob.glob(os.path.join(killed, "checkpoints-meta", "checkpoint_*")))
   at_kill = checkpoints.load_checkpoint(os.path.join(killed, "checkpoints-meta"), config)
-  resumed = run_lib.train(config, killed)
+  resumed = train_lib.train(config, killed)
   return dict(config=config, whole=whole, killed=killed, summary=summary, resumed=resumed,
               meta_steps_at_kill=meta_steps, at_kill=at_kill)
 
 
 def _train_part(workdir, config):
   """(variables, train part) of the newest pre-emption checkpoint of `workdir`."""
-  init = run_lib.train_functions(config, devices.batch_mesh())[0]
+  init = train_lib.train_functions(config, devices.batch_mesh())[0]
   fresh = checkpoints.host_copy(init(jax.random.PRNGKey(config.seed)))
   manager = checkpoints.train_checkpoint_manager(os.path.join(workdir, "checkpoints-meta"), 1)
   try:
@@ -198,7 +198,7 @@ def test_training_lowers_the_loss(runs):
   """The loss of the trained raw weights is below that of the initial ones on fixed eval data."""
   config = runs["config"]
   mesh = devices.batch_mesh()
-  _, _, eval_step = run_lib.train_functions(config, mesh)
+  _, _, eval_step = train_lib.train_functions(config, mesh)
   _, train, _, fresh = _train_part(runs["whole"], config)
   images = datasets.digits_images(8, 1, evaluation=True)[:8].astype(np.float32) / 255.0
   images = jax.device_put(images, devices.batch_sharding(mesh))
@@ -217,14 +217,14 @@ def test_data_parallel_step_equals_the_single_device_step(runs):
   config = runs["config"]
   mesh4, mesh1 = devices.batch_mesh(), devices.batch_mesh(jax.devices()[:1])
   assert mesh4.devices.size == 4
-  init, train4, _ = run_lib.train_functions(config, mesh4)
-  _, train1, _ = run_lib.train_functions(config, mesh1)
+  init, train4, _ = train_lib.train_functions(config, mesh4)
+  _, train1, _ = train_lib.train_functions(config, mesh1)
   state = checkpoints.host_copy(init(jax.random.PRNGKey(config.seed)))
   batch = next(datasets.get_split(config, additional_dim=2).as_numpy_iterator())["image"]
   results = []
   for mesh, step in ((mesh4, train4), (mesh1, train1)):
     placed = jax.device_put(state, devices.replicated(mesh))
-    # Placed as run_lib.train places its batches (so the 4-device program is the cached one).
+    # Placed as train.train places its batches (so the 4-device program is the cached one).
     images = jax.make_array_from_process_local_data(
         NamedSharding(mesh, PartitionSpec(None, "batch")), batch)
     new_state, step_losses = step(placed, images)
@@ -269,7 +269,7 @@ def test_missing_data_and_analytic_models_are_clear_errors(tmp_path):
   config.data.num_channels = 3
   config.data.tfds_data_dir = str(tmp_path / "tfds")
   with pytest.raises(datasets.DatasetError, match="not prepared in"):
-    run_lib.train(config, str(tmp_path / "run"))
+    train_lib.train(config, str(tmp_path / "run"))
   from configs.analytic import ffhq32  # pylint: disable=g-import-not-at-top
-  with pytest.raises(run_lib.TrainingError, match="no parameters to train"):
-    run_lib.train(ffhq32.get_config(), str(tmp_path / "analytic"))
+  with pytest.raises(train_lib.TrainingError, match="no parameters to train"):
+    train_lib.train(ffhq32.get_config(), str(tmp_path / "analytic"))

@@ -1,0 +1,57 @@
+"""Samples as pictures: model space -> uint8 or data scale, grids, PNG files, side-by-side plots.
+
+Shapes: images are NHWC; uint8 for pictures, float in [0, 1] for statistics.
+"""
+import math
+
+import numpy as np
+
+
+def to_uint8(x, centered: bool) -> np.ndarray:
+  """Model-space samples -> uint8 images (data.centered maps [-1, 1] back to [0, 1])."""
+  x = np.asarray(x, np.float32)
+  if centered:
+    x = (x + 1.0) / 2.0
+  return np.clip(x * 255.0, 0, 255).astype(np.uint8)
+
+
+def to_data_scale(x, centered: bool) -> np.ndarray:
+  """Model-space samples -> float data scale [0, 1] (no clipping: statistics, not pictures)."""
+  x = np.asarray(x, np.float64)
+  return (x + 1.0) / 2.0 if centered else x
+
+
+def image_grid(images: np.ndarray, columns: int = 0) -> np.ndarray:
+  """(N, H, W, C) uint8 -> one (rows·H, columns·W, C) uint8 grid with 2-px gaps."""
+  n, h, w, c = images.shape
+  columns = columns or int(math.ceil(math.sqrt(n)))
+  rows = int(math.ceil(n / columns))
+  gap = 2
+  grid = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, c), 255, np.uint8)
+  for k in range(n):
+    r, col = divmod(k, columns)
+    grid[r * (h + gap):r * (h + gap) + h, col * (w + gap):col * (w + gap) + w] = images[k]
+  return grid
+
+
+def save_png(path, image: np.ndarray):
+  """Writes an (H, W, C) uint8 image (C = 1 as grey) to `path`."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = image[..., 0] if image.shape[-1] == 1 else image
+  Image.fromarray(image).save(path)
+
+
+def save_comparison(path, vanilla: np.ndarray, tdas: np.ndarray, steps: int, nfe: int):
+  """Side-by-side grids of the same seed without and with TDAS (uint8 (N, H, W, C) each)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
+  for axis, images, title in ((axes[0], vanilla, "vanilla"), (axes[1], tdas, "TDAS")):
+    grid = image_grid(images)
+    axis.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray")
+    axis.set_title(f"{title}: {steps} steps, {nfe} NFE")
+    axis.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=150)
+  plt.close(fig)

@@ -1,0 +1,172 @@
+"""TDAS's settings, resolved once: `resolve(config)` turns `config.sampling.tdas` (its preset, its
+filter file, its space file) into one frozen `TDAS` object.
+
+That object is what the samplers (`sampler.sample(rng, variables, tdas)`), `--mode calibrate`,
+`sampling.json` (`describe`) and the vanilla comparison (`without_filters`) take. The jitted
+samplers see only its `coloring()`: the filter arrays and the static transform / `apply_to`.
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from tdas import files
+from tdas import filters as tdas_filters
+from tdas import presets
+from tdas.noise import APPLY_TO, Coloring
+from tdas.transforms import check_transform
+
+
+def image_shape(config) -> Tuple[int, int, int]:
+  """(H, W, C) of the config's images."""
+  return (config.data.image_size, config.data.image_size, config.data.num_channels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TDAS:
+  """TDAS for one run.
+
+  Attributes:
+    enabled: whether the sampler colours its noise (False: vanilla; the filters are None).
+    transform: 'dct' or 'dft', the transform the frequency filter is indexed by.
+    apply_to: which draws are coloured: 'init', 'noise' or 'both'.
+    space: the space filter A (H, W, C) float32, or None (off).
+    freq: the frequency filter R (H, W, C) float32, or None (off).
+    preset, filter_file, space_file: where the filters came from ('' = not used).
+    zones: (r1, r2, lambda1, lambda2) of a zoned frequency filter from the config or a preset.
+    space_map: (space_f, space_alpha) of a space filter made from `space_file`.
+  """
+  enabled: bool = False
+  transform: str = "dct"
+  apply_to: str = "both"
+  space: Optional[np.ndarray] = None
+  freq: Optional[np.ndarray] = None
+  preset: str = ""
+  filter_file: str = ""
+  space_file: str = ""
+  zones: Optional[Tuple[float, float, float, float]] = None
+  space_map: Optional[Tuple[str, float]] = None
+
+  def __post_init__(self):
+    check_transform(self.transform)
+    if self.apply_to not in APPLY_TO:
+      raise ValueError(f"config.sampling.tdas.apply_to={self.apply_to!r} must be one of "
+                       f"{APPLY_TO}.")
+
+  @classmethod
+  def from_arrays(cls, space=None, freq=None, transform: str = "dct", apply_to: str = "both"):
+    """TDAS on, with filters given as arrays (H, W, C) (benchmarks, tests)."""
+    return cls(enabled=True, transform=transform, apply_to=apply_to, space=space, freq=freq)
+
+  def coloring(self) -> Optional[Coloring]:
+    """The part the jitted samplers see; None when TDAS is off."""
+    if not self.enabled:
+      return None
+    return Coloring(space=self.space, freq=self.freq, transform=self.transform,
+                    apply_to=self.apply_to)
+
+  def without_filters(self) -> "TDAS":
+    """The same run's vanilla sampler (TDAS off): the vanilla comparison."""
+    return dataclasses.replace(self, enabled=False, space=None, freq=None)
+
+  def device_put(self, sharding) -> "TDAS":
+    """The filters placed with `sharding` (e.g. replicated over the sampling mesh)."""
+    if not self.enabled:
+      return self
+    put = lambda a: None if a is None else jax.device_put(a, sharding)
+    return dataclasses.replace(self, space=put(self.space), freq=put(self.freq))
+
+  def describe(self) -> dict:
+    """JSON-ready summary of the settings (for sampling.json)."""
+    if not self.enabled:
+      return dict(enabled=False)
+    summary = dict(enabled=True, preset=self.preset, transform=self.transform,
+                   apply_to=self.apply_to, filter_file=self.filter_file,
+                   space_file=self.space_file, frequency_filter=self.freq is not None,
+                   space_filter=self.space is not None)
+    if self.zones is not None:
+      summary.update(zip(("r1", "r2", "lambda1", "lambda2"), self.zones))
+    if self.space_map is not None:
+      summary.update(zip(("space_f", "space_alpha"), self.space_map))
+    return summary
+
+
+def effective_fields(config) -> ml_collections.ConfigDict:
+  """`config.sampling.tdas` with its preset applied (a copy; the config is not changed).
+
+  A non-empty `tdas.preset` (a name in `tdas.presets.PRESETS`) sets transform, r1, r2, lambda1
+  and lambda2; an unknown name is a ValueError listing the known ones.
+  """
+  tdas = config.sampling.tdas
+  name = tdas.get("preset", "")
+  if not name:
+    return tdas
+  preset = presets.get_preset(name)
+  if tdas.get("filter_file", ""):
+    raise ValueError(f"config.sampling.tdas.preset={name!r} and config.sampling.tdas.filter_file="
+                     f"{tdas.filter_file!r} both set the frequency filter; clear one of them.")
+  resolved = ml_collections.ConfigDict(tdas.to_dict())
+  resolved.update(preset.filter_fields())
+  return resolved
+
+
+def space_filter(config) -> Optional[np.ndarray]:
+  """The space filter A (H, W, C) made from `tdas.space_file` with `space_f` / `space_alpha`, or
+  None when `use_space` is off or no space file is set."""
+  tdas = config.sampling.tdas
+  if not (tdas.use_space and tdas.space_file):
+    return None
+  mean_image = files.read_mean_image(tdas.space_file, image_shape(config))
+  return tdas_filters.space_filter(mean_image, tdas.space_f, tdas.space_alpha)
+
+
+def for_calibration(config) -> TDAS:
+  """The TDAS that `--mode calibrate` fits a frequency filter for: the config's transform (after
+  its preset) and space filter, with no frequency filter yet (the filter file is not read)."""
+  target = config.copy_and_resolve_references()
+  with target.unlocked():
+    target.sampling.tdas.enabled = True
+    target.sampling.tdas.use_frequency = False
+    target.sampling.tdas.filter_file = ""
+  return resolve(target)
+
+
+def resolve(config) -> TDAS:
+  """The run's TDAS settings from `config.sampling.tdas` (reads its filter and space files).
+
+  Off (`enabled` False): only the transform and `apply_to` are resolved, nothing is read. On: the
+  frequency filter comes from `filter_file` if set, else from the zones (r1, r2, lambda1, lambda2,
+  after the preset); the space filter from `filter_file` if set, else from `space_file`. Each is
+  None where `use_frequency` / `use_space` is off.
+  """
+  tdas = effective_fields(config)
+  transform = check_transform(tdas.transform)
+  if not tdas.enabled:
+    return TDAS(enabled=False, transform=transform, apply_to=tdas.apply_to)
+  if tdas.get("preset", ""):
+    logging.info("TDAS preset %s: transform %s, r1 %.3f, r2 %.3f, lambda1 %.3f, lambda2 %.3f.",
+                 tdas.preset, transform, tdas.r1, tdas.r2, tdas.lambda1, tdas.lambda2)
+  shape = image_shape(config)
+  space = freq = zones = space_map = None
+  if tdas.filter_file:
+    file_space, file_freq, info = files.load_filters(tdas.filter_file, shape)
+    made_with = info.get("transform") if isinstance(info, dict) else None
+    if made_with is not None and made_with != transform:
+      raise ValueError(
+          f"The TDAS filter file {tdas.filter_file!r} holds a {made_with.upper()} frequency filter "
+          f"but config.sampling.tdas.transform={transform!r}; set the transform to {made_with!r}.")
+    freq = file_freq if tdas.use_frequency else None
+    space = file_space if tdas.use_space else None
+  else:
+    zones = (tdas.r1, tdas.r2, tdas.lambda1, tdas.lambda2)
+    if tdas.use_frequency:
+      freq = tdas_filters.frequency_filter(shape, *zones, transform)
+    space = space_filter(config)
+    if space is not None:
+      space_map = (tdas.space_f, tdas.space_alpha)
+  return TDAS(enabled=True, transform=transform, apply_to=tdas.apply_to, space=space, freq=freq,
+              preset=tdas.get("preset", ""), filter_file=tdas.filter_file,
+              space_file=tdas.space_file, zones=zones, space_map=space_map)
