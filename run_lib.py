@@ -117,8 +117,7 @@ def sample(config, workdir, eval_folder="eval"):
   summary = dict(
       num_samples=num_rounds * batch_size, rounds=num_rounds, rounds_this_run=rounds_run,
       batch_size=batch_size, steps=setup.sde.N, speedup=setup.speedup, eps=setup.eps, nfe=nfe,
-      method=config.sampling.method, predictor=config.sampling.predictor,
-      corrector=config.sampling.corrector, source=source, tdas=tdas.describe(),
+      method=config.sampling.method, **sampler.describe(), source=source, tdas=tdas.describe(),
       device_count=mesh.devices.size, process_count=jax.process_count(), seconds=seconds,
       seconds_per_step=(seconds / (rounds_run * setup.sde.N)) if rounds_run else None)
   atomic_write_text(os.path.join(out_dir, f"sampling{suffix}.json"),
@@ -160,7 +159,8 @@ def _finite_or_none(values):
 def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
   """Fit TDAS's frequency filter for N' steps to the vanilla sampler's spectral deviation.
 
-  Draws `calibrate.num_samples` vanilla samples at the full N (the reference, cached under
+  The sampler is `config.sampling.method` (any method with steps). Draws `calibrate.num_samples`
+  vanilla samples at the full N (the reference, cached under
   <workdir>/calibration/cache/) and at N', computes Dev = S(N') / S(N) in `calibrate.transform`,
   fits the zoned filter (least squares and the paper's quantile rule) and the radial-profile
   filter, and writes <workdir>/calibration/: filters_<N'>.npz (for
@@ -169,9 +169,10 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
   """
   devices.set_matmul_precision(config)
   settings = project_fields.section_with_defaults(config, "calibrate")
-  if str(config.sampling.method).lower() != "pc":
-    raise ValueError(f"--mode calibrate measures the PC sampler's deviation under fewer steps; "
-                     f"config.sampling.method={config.sampling.method!r} must be 'pc'.")
+  if str(config.sampling.method).lower() == "ode":
+    raise ValueError("--mode calibrate measures a sampler's deviation under fewer steps; "
+                     "config.sampling.method='ode' has no number of steps (pick a method with "
+                     "steps: pc, euler, heun, edm, euler_ancestral, ddim, dpmpp_*).")
   full, steps = calibration_sets.calibration_steps(config)
   if steps > full:
     raise ValueError(f"config.calibrate.steps={steps} exceeds model.num_scales={full}: the "
@@ -215,7 +216,8 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
   space = np.ones(shape, np.float32) if target.space is None else target.space
   fits = dict(zones=result["zones"], quantile=result["quantile"], one_zone=result["one_zone"],
               radial_gains=[float(g) for g in result["radial_gains"]])
-  info = dict(made_by="calibrate", transform=transform, method=method, steps=steps,
+  info = dict(made_by="calibrate", sampler=str(config.sampling.method), transform=transform,
+              method=method, steps=steps,
               full_steps=full, num_samples=accelerated.count, seed=seed,
               space_file=target.space_file if target.space is not None else "", **fits)
   filter_path = os.path.join(out_dir, f"filters_{steps}.npz")
@@ -244,7 +246,8 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
                          f"vanilla samples, seed {seed} (first batch)")
 
   summary = dict(
-      steps=steps, full_steps=full, speedup=full / steps, transform=transform, method=method,
+      sampler=str(config.sampling.method), steps=steps, full_steps=full, speedup=full / steps,
+      transform=transform, method=method,
       num_samples=dict(reference=reference.count, accelerated=accelerated.count),
       requested_num_samples=num_samples, batch_size=batch_size, seed=seed, source=source,
       cache_key=key, filter_file=os.path.abspath(filter_path), filter=fits[method] if method !=

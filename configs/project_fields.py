@@ -29,6 +29,16 @@ _SAMPLING_DEFAULTS = dict(
     distributed=dict(coordinator_address='', num_processes=0, process_id=-1),
     # Probability-flow ODE sampler (diffrax).
     ode=dict(solver='tsit5', rtol=1e-5, atol=1e-5),
+    # The σ-schedule samplers (method euler, heun, edm, euler_ancestral, ddim, dpmpp_*):
+    # num_steps σ intervals on a 'karras' (rho), 'sde' (the SDE's own grid) or 'logsnr' schedule.
+    schedule='karras',
+    karras_rho=7.0,
+    eta=1.0,                       # euler_ancestral, dpmpp_2m_sde, dpmpp_3m_sde (0 = deterministic)
+    s_noise=1.0,                   # scale of their added noise
+    solver_type='midpoint',        # dpmpp_2m_sde: 'midpoint' | 'heun'
+    ddim_eta=0.0,                  # ddim (VP / subVP): 0 = deterministic, 1 = DDPM-like
+    # EDM's stochastic sampler (method edm, Karras et al. 2022 Algorithm 2).
+    edm=dict(S_churn=0.0, S_tmin=0.0, S_tmax=float('inf'), S_noise=1.0),
     # Target Distribution Aware Sampling: coloured noise in space and frequency.
     tdas=dict(
         enabled=False,

@@ -69,7 +69,8 @@ def build(config, shape, model=None, batch_sharding=None):
   _import_sampler_modules()
   method = SAMPLERS.get(config.sampling.method)
   setup = SamplerSetup(sde=sde, score_fn_builder=score_fn_builder, shape=tuple(shape), eps=eps,
-                       speedup=speedup, batch_sharding=batch_sharding)
+                       speedup=speedup, batch_sharding=batch_sharding,
+                       training_sde=sde_lib.get_sde(config), continuous=continuous)
   return method.from_config(config, setup)
 
 

@@ -43,6 +43,8 @@ class SamplerSetup:
     eps: the last time point.
     speedup: k = model.num_scales / N'.
     batch_sharding: the sharding of x over devices, or None (see `sampling.devices`).
+    training_sde: the SDE the network was trained with (N = model.num_scales), or None for `sde`.
+    continuous: whether the network takes continuous labels (else a discrete σ grid).
   """
   sde: Any
   score_fn_builder: Callable[[Any], Callable]
@@ -50,6 +52,8 @@ class SamplerSetup:
   eps: float
   speedup: float = 1.0
   batch_sharding: Any = None
+  training_sde: Any = None
+  continuous: bool = True
 
 
 def coloring_of(tdas):
@@ -75,6 +79,10 @@ class Sampler:
 
   def sample(self, rng, variables, tdas=None) -> SampleResult:
     raise NotImplementedError
+
+  def describe(self) -> dict:
+    """The method's own settings, JSON-ready (for sampling.json)."""
+    return {}
 
 
 class SteppedSampler(Sampler):

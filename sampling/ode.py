@@ -50,7 +50,11 @@ class ODESampler(Sampler):
     self.rtol, self.atol = rtol, atol
     self.denoise = denoise
     self.max_steps = max_steps
+    self.solver = solver
     self._sample = jax.jit(self._sample_impl)
+
+  def describe(self):
+    return dict(solver=self.solver, rtol=self.rtol, atol=self.atol)
 
   @classmethod
   def from_config(cls, config, setup):

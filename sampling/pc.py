@@ -56,6 +56,9 @@ class PCSampler(SteppedSampler):
                snr=sampling.snr, n_steps_each=sampling.n_steps_each,
                probability_flow=sampling.probability_flow, denoise=sampling.noise_removal)
 
+  def describe(self):
+    return dict(predictor=self.predictor_cls.name, corrector=self.corrector_cls.name)
+
   def initial_state(self, noise):
     # x_N = prior scale · xi.
     xi, noise = noise.draw("init")

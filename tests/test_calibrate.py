@@ -97,6 +97,22 @@ def test_reference_set_is_computed_once_per_config_and_seed(calibrated):
       config, "x", 0, 16)
 
 
+def test_calibrate_fits_any_method_with_steps_and_sampling_takes_the_filter(tmp_path):
+  config = _calibration_config()
+  config.sampling.method = "dpmpp_2m_sde"
+  summary = run_lib.calibrate(config, str(tmp_path))
+  assert summary["sampler"] == "dpmpp_2m_sde" and summary["steps"] == 10
+  _, freq, info = tdas_files.load_filters(summary["filter_file"], (16, 16, 3))
+  assert info["sampler"] == "dpmpp_2m_sde" and np.all(np.isfinite(freq))
+  config.sampling.num_steps = 10
+  config.sampling.tdas.enabled = True
+  config.sampling.tdas.filter_file = summary["filter_file"]
+  config.eval.num_samples = config.eval.batch_size = 8
+  sampled = run_lib.sample(config, str(tmp_path / "sampled"))
+  assert sampled["method"] == "dpmpp_2m_sde" and sampled["nfe"] == 10
+  assert sampled["tdas"]["filter_file"] == summary["filter_file"]
+
+
 def test_calibrate_errors_are_clear(tmp_path):
   config = _calibration_config()
   config.calibrate.num_samples = 8
@@ -111,7 +127,7 @@ def test_calibrate_errors_are_clear(tmp_path):
     run_lib.calibrate(config, str(tmp_path))
   config = _calibration_config()
   config.sampling.method = "ode"
-  with pytest.raises(ValueError, match="must be 'pc'"):
+  with pytest.raises(ValueError, match="'ode' has no number of steps"):
     run_lib.calibrate(config, str(tmp_path))
   config = _calibration_config()
   config.calibrate.batch_size = 6
