@@ -53,6 +53,9 @@ _SAMPLING_DEFAULTS = dict(
         space_f='sqrt',
         space_alpha=1.0,
         filter_file='',
+        # Start at x_T = m + sigma_max xi, m the data's mean image from space_file (the mean of
+        # the VE prior p_T, which the standard prior N(0, sigma_max^2) drops).
+        init_mean=False,
     ),
 )
 

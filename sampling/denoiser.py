@@ -192,9 +192,12 @@ class DenoiserSampler(SteppedSampler):
     return jnp.asarray(self.sigmas, jnp.float32)
 
   def initial_state(self, noise):
-    # x̃_0 = σ_0 · ξ.
+    # x̃_0 = σ_0 · ξ (+ the data's mean with TDAS's init_mean: x̃'s mean at every σ).
     xi, noise = noise.draw("init")
-    return self.make_state(noise.constrain(float(self.sigmas[0]) * xi), noise)
+    x = float(self.sigmas[0]) * xi
+    if noise.initial_mean() is not None:
+      x = x + noise.initial_mean()
+    return self.make_state(noise.constrain(x), noise)
 
   def make_state(self, x, noise):
     return SigmaState(x, x, x, noise)

@@ -57,6 +57,10 @@ class NoiseSource:
       eps = self.coloring(eps)
     return self.constrain(eps), self.skip(1)
 
+  def initial_mean(self):
+    """TDAS's `init_mean` image (H, W, C) to add to the initial sample, or None."""
+    return None if self.coloring is None else self.coloring.init_mean
+
   def skip(self, count: int):
     """The source advanced by `count` draws without making them (keeps a numbering fixed)."""
     return self.replace(counter=self.counter + count)

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+import sde_lib
 from sampling.correctors import CORRECTORS
 from sampling.interface import SAMPLERS, SamplerSetup, SteppedSampler
 from sampling.noise import NoiseSource
@@ -60,9 +61,15 @@ class PCSampler(SteppedSampler):
     return dict(predictor=self.predictor_cls.name, corrector=self.corrector_cls.name)
 
   def initial_state(self, noise):
-    # x_N = prior scale · xi.
+    # x_N = prior scale · xi (+ the data's mean with TDAS's init_mean, VE: p_T's mean).
     xi, noise = noise.draw("init")
     x = self.sde.prior_from_noise(xi)
+    if noise.initial_mean() is not None:
+      if not isinstance(self.sde, sde_lib.VESDE):
+        raise ValueError("config.sampling.tdas.init_mean: a VP or subVP prior has mean ~0, so PC "
+                         "sampling starts there; use init_mean with a VE model or a σ-schedule "
+                         "method (euler, heun, dpmpp_*, ...).")
+      x = noise.constrain(x + noise.initial_mean())
     return PCState(x, x, noise)
 
   def step_fn(self, score_fn):

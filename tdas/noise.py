@@ -40,6 +40,7 @@ class Coloring:
   """
   space: Optional[jax.Array]
   freq: Optional[jax.Array]
+  init_mean: Optional[jax.Array] = None  # (H, W, C) in model space, added to the initial sample
   transform: str = struct.field(pytree_node=False, default="dct")
   apply_to: str = struct.field(pytree_node=False, default="both")
 

@@ -38,6 +38,8 @@ class TDAS:
     preset, filter_file, space_file: where the filters came from ('' = not used).
     zones: (r1, r2, lambda1, lambda2) of a zoned frequency filter from the config or a preset.
     space_map: (space_f, space_alpha) of a space filter made from `space_file`.
+    init_mean: the data's mean image (H, W, C) in model space, added to the initial sample
+      (`tdas.init_mean`), or None.
   """
   enabled: bool = False
   transform: str = "dct"
@@ -49,6 +51,7 @@ class TDAS:
   space_file: str = ""
   zones: Optional[Tuple[float, float, float, float]] = None
   space_map: Optional[Tuple[str, float]] = None
+  init_mean: Optional[np.ndarray] = None
 
   def __post_init__(self):
     check_transform(self.transform)
@@ -65,19 +68,20 @@ class TDAS:
     """The part the jitted samplers see; None when TDAS is off."""
     if not self.enabled:
       return None
-    return Coloring(space=self.space, freq=self.freq, transform=self.transform,
-                    apply_to=self.apply_to)
+    return Coloring(space=self.space, freq=self.freq, init_mean=self.init_mean,
+                    transform=self.transform, apply_to=self.apply_to)
 
   def without_filters(self) -> "TDAS":
     """The same run's vanilla sampler (TDAS off): the vanilla comparison."""
-    return dataclasses.replace(self, enabled=False, space=None, freq=None)
+    return dataclasses.replace(self, enabled=False, space=None, freq=None, init_mean=None)
 
   def device_put(self, sharding) -> "TDAS":
     """The filters placed with `sharding` (e.g. replicated over the sampling mesh)."""
     if not self.enabled:
       return self
     put = lambda a: None if a is None else jax.device_put(a, sharding)
-    return dataclasses.replace(self, space=put(self.space), freq=put(self.freq))
+    return dataclasses.replace(self, space=put(self.space), freq=put(self.freq),
+                               init_mean=put(self.init_mean))
 
   def describe(self) -> dict:
     """JSON-ready summary of the settings (for sampling.json)."""
@@ -91,6 +95,8 @@ class TDAS:
       summary.update(zip(("r1", "r2", "lambda1", "lambda2"), self.zones))
     if self.space_map is not None:
       summary.update(zip(("space_f", "space_alpha"), self.space_map))
+    if self.init_mean is not None:
+      summary["init_mean"] = True
     return summary
 
 
@@ -167,6 +173,13 @@ def resolve(config) -> TDAS:
     space = space_filter(config)
     if space is not None:
       space_map = (tdas.space_f, tdas.space_alpha)
+  init_mean = None
+  if tdas.get("init_mean", False):
+    if not tdas.space_file:
+      raise ValueError("config.sampling.tdas.init_mean=True needs the data's mean image: set "
+                       "config.sampling.tdas.space_file (made by --mode stats).")
+    mean = files.read_mean_image(tdas.space_file, shape)
+    init_mean = (2.0 * mean - 1.0 if config.data.centered else mean).astype(np.float32)
   return TDAS(enabled=True, transform=transform, apply_to=tdas.apply_to, space=space, freq=freq,
               preset=tdas.get("preset", ""), filter_file=tdas.filter_file,
-              space_file=tdas.space_file, zones=zones, space_map=space_map)
+              space_file=tdas.space_file, zones=zones, space_map=space_map, init_mean=init_mean)

@@ -1,0 +1,236 @@
+"""Every sampler at equal NFE on the shipped digits NCSN++, vanilla and with TDAS calibrated for
+that sampler and budget.
+
+    python -m benchmarks.samplers --out benchmarks/results/samplers.json --workdir runs/samplers
+
+For each method (`config.sampling.method`) and NFE budget it draws `--num_samples` digits per seed
+and measures them as `benchmarks.learned_tdas` does: the digits classifier's Fréchet distance to
+the held-out digits (with the real-data floor), the frequency deviation and the label entropy.
+At the `--tdas_nfe` budgets it also calibrates TDAS for that method (`--mode calibrate` with the
+method's own samples at the full N = model.num_scales steps and at the budget) and samples with
+the fitted filter. Writes the JSON, FILE.png (Fréchet distance against NFE, a line per method,
+dashed with TDAS) and FILE_grids.png, and prints the README's table.
+"""
+import json
+import os
+
+from absl import app, flags, logging
+import jax
+import numpy as np
+
+import checkpoints
+from atomic_io import atomic_write_text
+from benchmarks import learned_tdas
+from configs.demo import digits_ncsnpp
+from evaluation import digits_classifier
+from images import image_grid, to_data_scale, to_uint8
+from sampling import devices, factory
+from tdas import settings as tdas_settings
+
+METHODS = ("pc", "euler", "heun", "edm", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde",
+           "dpmpp_3m_sde")
+# Network evaluations per step: PC with one Langevin corrector step takes 2; Heun and EDM take
+# 2n − 1 for n steps.
+LABELS = {"pc": "PC (reverse diffusion + Langevin)", "euler": "Euler", "heun": "Heun",
+          "edm": "EDM stochastic (S_churn 40)", "euler_ancestral": "Euler ancestral",
+          "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE",
+          "dpmpp_3m_sde": "DPM-Solver++(3M) SDE"}
+
+# --out, --workdir (the calibrations go in one folder a method below it), --num_samples, --seeds,
+# --calibration_samples and --bins are `benchmarks.learned_tdas`'s flags, shared.
+flags.DEFINE_list("methods", list(METHODS), "Methods to rank.")
+flags.DEFINE_list("nfe", ["10", "20", "40", "80"], "NFE budgets.")
+flags.DEFINE_list("pc_nfe", ["200", "400"], "Extra budgets for PC, which needs far more.")
+flags.DEFINE_list("tdas_nfe", ["20"], "Budgets at which each method is also run with TDAS.")
+FLAGS = flags.FLAGS
+
+
+def steps_for(method: str, nfe: int) -> int:
+  """The number of steps that spends at most `nfe` network evaluations."""
+  if method == "pc":
+    return max(1, nfe // 2)
+  if method in ("heun", "edm"):
+    return max(1, (nfe + 1) // 2)
+  return nfe
+
+
+def method_config(config, method: str, steps: int, filter_file: str = ""):
+  config = config.copy_and_resolve_references()
+  config.sampling.method = method
+  config.sampling.num_steps = steps
+  if method == "edm":
+    config.sampling.edm.S_churn = 40.0  # EDM's setting for its VE models (Table 5)
+    config.sampling.edm.S_tmin, config.sampling.edm.S_tmax = 0.05, 50.0
+    config.sampling.edm.S_noise = 1.003
+  config.sampling.tdas.enabled = bool(filter_file)
+  config.sampling.tdas.filter_file = filter_file
+  return config
+
+
+def run(workdir, methods, budgets, pc_budgets, tdas_budgets, num_samples, seeds,
+        calibration_samples, bins):
+  base = digits_ncsnpp.get_config()
+  base.sampling.tdas.use_space = False
+  base.sampling.vanilla_comparison = False
+  devices.set_matmul_precision(base)
+  variables, source = checkpoints.load_variables(base, workdir)
+  measure = learned_tdas.Measure(digits_classifier.load_classifier(), bins)
+  shape = (num_samples, base.data.image_size, base.data.image_size, base.data.num_channels)
+  rows, previews, calibrations = [], {}, {}
+  for method in methods:
+    for nfe_budget in budgets + (pc_budgets if method == "pc" else []):
+      steps = steps_for(method, nfe_budget)
+      variants = [("vanilla", "")]
+      if nfe_budget in tdas_budgets and steps < base.model.num_scales:
+        config = method_config(base, method, steps)
+        summary = learned_tdas.calibrate(config, os.path.join(workdir, method), steps,
+                                         calibration_samples)
+        calibrations[f"{method}_{steps}"] = dict(filter_file=summary["filter_file"],
+                                                 zones=summary["fits"]["zones"])
+        variants.append(("tdas", summary["filter_file"]))
+      for variant, filter_file in variants:
+        config = method_config(base, method, steps, filter_file)
+        sampler = factory.build(config, shape)
+        tdas = tdas_settings.resolve(config)
+        learned_tdas.compile_sampler(sampler, variables, tdas)
+        for seed in range(seeds):
+          x, nfe, seconds = learned_tdas.draw(sampler, variables, tdas, steps, seed)
+          row = dict(method=method, variant=variant, steps=steps, nfe=nfe, seed=seed,
+                     seconds=seconds, **measure(to_data_scale(x, base.data.centered)))
+          rows.append(row)
+          logging.info("%s %s %d steps (%d NFE) seed %d: FD %.2f, freq dev %.3f", method,
+                       variant, steps, nfe, seed, row["frechet_distance"],
+                       row["frequency_deviation"])
+          if seed == 0:
+            previews[(method, variant, nfe)] = to_uint8(x[:16], base.data.centered)
+  return dict(config="configs/demo/digits_ncsnpp.py", checkpoint=source,
+              full_steps=int(base.model.num_scales), methods=list(methods), num_samples=num_samples,
+              seeds=seeds, calibration_samples=calibration_samples, calibrations=calibrations,
+              real_floor=learned_tdas.real_floor(measure, num_samples, seeds),
+              device=str(jax.devices()[0].device_kind), rows=rows,
+              table=summarise(rows)), previews
+
+
+def summarise(rows):
+  """Mean ± std over seeds per (method, variant, NFE)."""
+  table = []
+  for key in sorted({(r["method"], r["variant"], r["nfe"]) for r in rows},
+                    key=lambda k: (METHODS.index(k[0]), k[1], k[2])):
+    chosen = [r for r in rows if (r["method"], r["variant"], r["nfe"]) == key]
+    entry = dict(method=key[0], variant=key[1], nfe=key[2], steps=chosen[0]["steps"])
+    for field in ("frechet_distance", "frequency_deviation", "label_entropy", "seconds"):
+      values = np.array([r[field] for r in chosen], np.float64)
+      entry[field] = float(values.mean())
+      entry[field + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    table.append(entry)
+  return table
+
+
+def nfe_column(nfe: int, budgets) -> int:
+  """The budget column an NFE count belongs to (Heun's 2n − 1 goes with 2n)."""
+  return min(budgets, key=lambda b: abs(b - nfe))
+
+
+def table_text(result, budgets) -> str:
+  """Fréchet distance per method (rows) and NFE budget (columns); best vanilla per column bold."""
+  columns = sorted(set(budgets) | {nfe_column(e["nfe"], budgets) for e in result["table"]})
+  cells = {}
+  for e in result["table"]:
+    cells[(e["method"], e["variant"], nfe_column(e["nfe"], columns))] = e
+  best = {c: min((e["frechet_distance"] for (m, v, cc), e in cells.items() if cc == c),
+                 default=None) for c in columns}
+  lines = ["| sampler | " + " | ".join(f"NFE ≈ {c}" for c in columns) + " |",
+           "|---|" + "---:|" * len(columns)]
+  for method in result["methods"]:
+    for variant in ("vanilla", "tdas"):
+      if not any(k[0] == method and k[1] == variant for k in cells):
+        continue
+      row = []
+      for c in columns:
+        e = cells.get((method, variant, c))
+        if e is None:
+          row.append("")
+          continue
+        text = f"{e['frechet_distance']:.1f} ± {e['frechet_distance_std']:.1f}"
+        row.append(f"**{text}**" if e["frechet_distance"] == best[c] else text)
+      name = LABELS[method] + (", TDAS (calibrated)" if variant == "tdas" else "")
+      lines.append(f"| {name} | " + " | ".join(row) + " |")
+  floor = result["real_floor"]
+  lines.append(f"| real digits (floor) | {floor['frechet_distance']:.1f} ± "
+               f"{floor['frechet_distance_std']:.1f} |" + " |" * (len(columns) - 1))
+  return "\n".join(lines)
+
+
+def plot(result, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axis = plt.subplots(figsize=(8, 5))
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for k, method in enumerate(result["methods"]):
+    for variant, style in (("vanilla", "o-"), ("tdas", "s--")):
+      entries = sorted((e for e in result["table"] if e["method"] == method
+                        and e["variant"] == variant), key=lambda e: e["nfe"])
+      if not entries:
+        continue
+      axis.errorbar([e["nfe"] for e in entries], [e["frechet_distance"] for e in entries],
+                    yerr=[e["frechet_distance_std"] for e in entries], fmt=style, capsize=3,
+                    color=colors[k % len(colors)],
+                    label=LABELS[method] + (" + TDAS" if variant == "tdas" else ""))
+  axis.axhline(result["real_floor"]["frechet_distance"], color="gray", ls=":",
+               label="real digits (floor)")
+  axis.set_xscale("log")
+  axis.set_yscale("log")
+  axis.set_xlabel("NFE")
+  axis.set_ylabel("Fréchet distance (digits classifier features)")
+  axis.grid(True, which="both", alpha=0.3)
+  axis.legend(fontsize=7)
+  axis.set_title(f"digits NCSN++ (VE), {result['num_samples']} samples x {result['seeds']} seeds")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def save_grids(path, previews, methods, budgets) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = [(m, v) for m in methods for v in ("vanilla", "tdas")
+          if any(k[0] == m and k[1] == v for k in previews)]
+  fig, axes = plt.subplots(len(rows), len(budgets), figsize=(1.7 * len(budgets), 1.8 * len(rows)),
+                           squeeze=False)
+  for i, (method, variant) in enumerate(rows):
+    for j, budget in enumerate(budgets):
+      axis = axes[i][j]
+      axis.set_xticks([])
+      axis.set_yticks([])
+      found = [k for k in previews if k[:2] == (method, variant)
+               and nfe_column(k[2], budgets) == budget]
+      if found:
+        axis.imshow(image_grid(previews[found[0]], 4)[..., 0], cmap="gray", vmin=0, vmax=255)
+      if i == 0:
+        axis.set_title(f"NFE ≈ {budget}", fontsize=9)
+      if j == 0:
+        axis.set_ylabel(method + (" +TDAS" if variant == "tdas" else ""), fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  stem = os.path.splitext(FLAGS.out)[0]
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+  budgets = [int(n) for n in FLAGS.nfe]
+  pc_budgets = [int(n) for n in FLAGS.pc_nfe]
+  result, previews = run(FLAGS.workdir, list(FLAGS.methods), budgets, pc_budgets,
+                         [int(n) for n in FLAGS.tdas_nfe], FLAGS.num_samples, FLAGS.seeds,
+                         FLAGS.calibration_samples, FLAGS.bins)
+  atomic_write_text(FLAGS.out, json.dumps(result, indent=2) + "\n")
+  plot(result, stem + ".png")
+  save_grids(stem + "_grids.png", previews, result["methods"], sorted(budgets + pc_budgets))
+  print(table_text(result, budgets + pc_budgets))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,29 @@
+"""`benchmarks.samplers`' bookkeeping: budgets to steps, the summary and the ranking table (the
+sampling itself is the samplers' own tests and `benchmarks.learned_tdas`' end-to-end test)."""
+from benchmarks import samplers
+
+
+def test_steps_spend_at_most_the_budget():
+  assert samplers.steps_for("pc", 20) == 10  # reverse diffusion + one Langevin step: 2 NFE
+  assert samplers.steps_for("heun", 20) == 10  # 2n − 1 = 19
+  assert samplers.steps_for("dpmpp_2m_sde", 20) == 20
+
+
+def test_summary_and_table_rank_the_methods_per_budget():
+  rows = []
+  for method, base in (("pc", 900.0), ("heun", 60.0), ("dpmpp_2m_sde", 35.0)):
+    for variant in ("vanilla", "tdas"):
+      for seed in (0, 1):
+        nfe = 19 if method == "heun" else 20
+        rows.append(dict(method=method, variant=variant, steps=10, nfe=nfe, seed=seed,
+                         frechet_distance=base + seed + (5 if variant == "tdas" else 0),
+                         frequency_deviation=0.1, label_entropy=2.2, seconds=1.0))
+  table = samplers.summarise(rows)
+  heun = next(e for e in table if e["method"] == "heun" and e["variant"] == "vanilla")
+  assert heun["nfe"] == 19 and heun["frechet_distance"] == 60.5
+  result = dict(methods=["pc", "heun", "dpmpp_2m_sde"], table=table,
+                real_floor=dict(frechet_distance=24.8, frechet_distance_std=1.1))
+  text = samplers.table_text(result, [20])
+  assert "| Heun | 60.5 ± 0.7 |" in text  # 19 NFE sits in the 20 column
+  assert "| DPM-Solver++(2M) SDE | **35.5 ± 0.7** |" in text  # the best of the column
+  assert "| real digits (floor) | 24.8 ± 1.1 |" in text
