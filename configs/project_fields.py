@@ -16,6 +16,7 @@ import ml_collections
 _SAMPLING_DEFAULTS = dict(
     num_steps=0,                   # sampler steps N'; 0 = model.num_scales
     speedup=1.0,                   # k: N' = round(N / k) when num_steps is 0
+    speedup_rule='round',          # 'round' | 'truncate' (N' = int(N / k), as PDS's code)
     eps_scale_with_speedup=False,  # multiply the end time eps by k (TDAS paper code)
     seed=0,                        # PRNG seed of sampling
     checkpoint_step=0,             # which checkpoint_<n> to load; 0 = newest
@@ -56,6 +57,12 @@ _SAMPLING_DEFAULTS = dict(
         # Start at x_T = m + sigma_max xi, m the data's mean image from space_file (the mean of
         # the VE prior p_T, which the standard prior N(0, sigma_max^2) drops).
         init_mean=False,
+        # PDS (the authors' follow-up): precondition the PC drift and Langevin gradient by M M^T
+        # too; its .npy masks (C, H, W raw statistics, tools/pds_masks.py) and their alpha.
+        precondition_drift=False,
+        pds_space_mask='',
+        pds_freq_mask='',
+        pds_alpha=5.0,
     ),
 )
 

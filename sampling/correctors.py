@@ -38,6 +38,11 @@ class Corrector:
       return self.sde.alphas[self.sde.step_index(t)]
     return jnp.ones_like(t)
 
+  def preconditioned(self, grad, noise):
+    """The gradient the step uses (PDS preconditions Langevin's, not ALD's)."""
+    del noise
+    return grad
+
   def step_size(self, x, t, grad, z):
     raise NotImplementedError
 
@@ -46,7 +51,7 @@ class Corrector:
     def one_step(j, carry):
       del j
       x, _, noise = carry
-      grad = self.score_fn(x, t)
+      grad = self.preconditioned(self.score_fn(x, t), noise)
       z, noise = noise.draw()
       step = self.step_size(x, t, grad, z)
       x_mean = x + sde_lib.per_sample(step, x) * grad
@@ -57,7 +62,10 @@ class Corrector:
 
 @CORRECTORS.register("langevin")
 class LangevinCorrector(Corrector):
-  """eps = 2 alpha (snr ‖z‖ / ‖score‖)², with batch-averaged norms."""
+  """eps = 2 alpha (snr ‖z‖ / ‖score‖)², with batch-averaged norms (PDS: of D·score and M z)."""
+
+  def preconditioned(self, grad, noise):
+    return noise.precondition(grad)
 
   def step_size(self, x, t, grad, z):
     ratio = self.snr * _batch_mean_norm(z) / _batch_mean_norm(grad)

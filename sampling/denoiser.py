@@ -45,10 +45,10 @@ class DenoiserView:
     if not self.continuous and self.kind == "subvp":
       raise ValueError("Discrete training (config.training.continuous=False) is defined for "
                        "vesde and vpsde only, not subvpsde.")
-    if self.continuous:
-      self.sigma_min = float(self._sigma_of_t(eps)) if self.kind != "ve" else training_sde.sigma_min
-      self.sigma_max = (float(self._sigma_of_t(1.0)) if self.kind != "ve"
-                        else training_sde.sigma_max)
+    if self.continuous and self.kind == "ve":
+      self.sigma_min, self.sigma_max = training_sde.sigma_min, training_sde.sigma_max
+    elif self.continuous:  # VP and subVP: σ at the ends of sampling, t = eps and t = T
+      self.sigma_min, self.sigma_max = float(self._sigma_of_t(eps)), float(self._sigma_of_t(1.0))
     else:
       grid, times, scales = self._discrete_grid()
       self.grid = grid  # (N,) ascending trained σ's
@@ -93,7 +93,8 @@ class DenoiserView:
       return grid, index / max(n - 1, 1), np.ones(n)
     # VP: labels are t (N - 1), and the std table is read at int(labels): choose the float32 t_k
     # nearest k / (N - 1) whose float32 product with N - 1 is not below k.
-    alphas_cumprod = np.cumprod(1.0 - np.linspace(sde.beta_0 / n, sde.beta_1 / n, n))
+    # The same ᾱ table as the score function reads (sde_lib.VPSDE), so that σ² s / std is σ.
+    alphas_cumprod = np.asarray(sde.alphas_cumprod, np.float64)
     times = (index / max(n - 1, 1)).astype(np.float32)
     for _ in range(4):
       low = times * np.float32(n - 1) < index.astype(np.float32)

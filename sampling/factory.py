@@ -41,7 +41,10 @@ def sampling_steps(config):
   if num_steps == 0:
     if not speedup > 0:
       raise ValueError(f"config.sampling.speedup must be positive, got {speedup}.")
-    num_steps = max(1, int(round(full / speedup)))
+    rule = str(config.sampling.get("speedup_rule", "round"))
+    if rule not in ("round", "truncate"):
+      raise ValueError(f"config.sampling.speedup_rule={rule!r} must be 'round' or 'truncate'.")
+    num_steps = max(1, int(round(full / speedup)) if rule == "round" else int(full / speedup))
   return num_steps, full / num_steps
 
 

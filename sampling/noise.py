@@ -57,6 +57,11 @@ class NoiseSource:
       eps = self.coloring(eps)
     return self.constrain(eps), self.skip(1)
 
+  def precondition(self, v):
+    """PDS's preconditioned drift D v = M Mᵀ v when TDAS says so (`tdas.precondition_drift`),
+    else v: the reverse-diffusion drift and the Langevin gradient go through it."""
+    return v if self.coloring is None else self.coloring.precondition_drift(v)
+
   def initial_mean(self):
     """TDAS's `init_mean` image (H, W, C) to add to the initial sample, or None."""
     return None if self.coloring is None else self.coloring.init_mean

@@ -101,3 +101,6 @@ class _NoNoise:
   def draw(self, kind="step"):
     del kind
     return jnp.zeros_like(self.like), self
+
+  def precondition(self, v):
+    return v

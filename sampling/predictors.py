@@ -45,7 +45,7 @@ class ReverseDiffusion(Predictor):
 
   def update(self, x, t, noise):
     f, G = self.reverse.discretize(x, t)
-    x_mean = x - f
+    x_mean = x - noise.precondition(f)  # PDS preconditions the whole discretised drift
     z, noise = noise.draw()
     return x_mean + sde_lib.per_sample(G, x) * z, x_mean, noise
 

@@ -9,7 +9,9 @@
 - analytic target `analytic_<stem>.npz` (`--mode stats`): `mean`, `dct_variance` (H, W, C),
   `num_images`;
 - calibration cache `batch_<k>.npz` (`--mode calibrate`): a `tdas.stats.ImageStatistics` state,
-  and `preview` uint8 for batch 0.
+  and `preview` uint8 for batch 0;
+- PDS masks `pds_space_<stem>.npy`, `pds_freq_<stem>.npy` (`tools/pds_masks.py`, or PDS's own
+  `mask_gen_demo.py`): raw statistics (C, H, W) float32, channels first as PDS writes them.
 
 Every writer is atomic (`atomic_io`); every reader checks what it reads against the config and
 raises one error naming the file (and the config field that named it). Nothing else in the
@@ -218,3 +220,35 @@ def read_statistics_batch(path: str):
   """(ImageStatistics, preview uint8 or None) of a cached batch."""
   contents = _read_npz(path, "Calibration cache file")
   return tdas_stats.ImageStatistics.from_state(contents), contents.get("preview")
+
+
+# --- PDS masks (config.sampling.tdas.pds_space_mask / pds_freq_mask) -------------------------
+
+def save_pds_mask(path: str, statistic_hwc) -> None:
+  """Writes a raw PDS statistic (H, W, C) as PDS's `.npy`: float32, channels first (C, H, W)."""
+  array = np.ascontiguousarray(np.transpose(np.asarray(statistic_hwc, np.float32), (2, 0, 1)))
+  with atomic_io.atomic_write(path) as f:
+    np.save(f, array, allow_pickle=False)
+
+
+def read_pds_mask(path: str, field: str, shape) -> np.ndarray:
+  """A raw PDS statistic from its `.npy` (C, H, W), returned (H, W, C) float64.
+
+  Like PDS's loader, the array is reshaped to (C, H, W), so a file of C·H·W values in another
+  layout is refused only by its size.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{field}={path!r} does not exist (make it with tools/pds_masks.py "
+                            "or PDS's mask_gen_demo.py, or clear the field).")
+  try:
+    array = np.load(path, allow_pickle=False)
+  except (OSError, EOFError, ValueError) as error:
+    raise ValueError(f"{field}={path!r} is not a readable .npy: {error}") from error
+  height, width, channels = shape
+  if array.size != height * width * channels:
+    raise ValueError(f"{field}={path!r} holds {array.shape}; the config's images need "
+                     f"({channels}, {height}, {width}) (channels first, as PDS saves them).")
+  array = np.asarray(array, np.float64).reshape(channels, height, width).transpose(1, 2, 0)
+  if not np.all(np.isfinite(array)) or np.any(array < 0) or array.max() <= 0:
+    raise ValueError(f"{field}={path!r} must be finite, non-negative and not all zero.")
+  return array

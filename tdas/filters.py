@@ -91,3 +91,27 @@ def space_filter(mean_image, f: str = "sqrt", alpha: float = 1.0) -> np.ndarray:
     raise ValueError("The mean image is zero everywhere: no space filter can be made from it.")
   a0 = mapped / mapped.max()
   return ((a0 + alpha - 1.0) / alpha).astype(np.float32)
+
+
+def pds_statistics(images) -> tuple:
+  """PDS's raw mask statistics of images (N, H, W, C) in [0, 1] (docs/PDS.md §3a).
+
+  Returns (space, freq), each (H, W, C) float64: space = mean(x²) (the second moment, per pixel and
+  channel); freq = log(1 + mean |DFT2(x)|²) with the unnormalised DFT and no shift.
+  """
+  images = np.asarray(images, np.float64)
+  power = np.abs(np.fft.fft2(images, axes=(1, 2))) ** 2
+  return np.mean(images ** 2, axis=0), np.log1p(np.mean(power, axis=0))
+
+
+def pds_filter(statistic, alpha: float = 5.0) -> np.ndarray:
+  """A PDS mask from its raw statistic (H, W, C) (docs/PDS.md §3b), float32.
+
+  m / max m over every channel and position, softened to (m + alpha − 1) / alpha, then inverted:
+  values in [1, alpha / (alpha − 1)], 1 where the statistic is largest.
+  """
+  if not alpha > 1:
+    raise ValueError(f"config.sampling.tdas.pds_alpha must be > 1, got {alpha!r}.")
+  statistic = np.asarray(statistic, np.float64)
+  softened = (statistic / statistic.max() + alpha - 1.0) / alpha
+  return (1.0 / softened).astype(np.float32)

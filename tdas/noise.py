@@ -6,9 +6,10 @@ sampler sample for sample.
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
-from tdas.transforms import filter_in_frequency
+from tdas.transforms import dct2, dft2, filter_in_frequency, idct2, idft2
 
 # Which of a sampler's draws TDAS colours (`config.sampling.tdas.apply_to`).
 APPLY_TO = ("init", "noise", "both")
@@ -43,6 +44,8 @@ class Coloring:
   init_mean: Optional[jax.Array] = None  # (H, W, C) in model space, added to the initial sample
   transform: str = struct.field(pytree_node=False, default="dct")
   apply_to: str = struct.field(pytree_node=False, default="both")
+  # PDS (Ma et al., "Preconditioned Diffusion Sampling"): also precondition the drift.
+  precondition: bool = struct.field(pytree_node=False, default=False)
 
   def __post_init__(self):
     if self.apply_to not in APPLY_TO:
@@ -57,3 +60,18 @@ class Coloring:
   def __call__(self, eps):
     """The coloured draw xi of a white draw eps (B, H, W, C)."""
     return color(eps, self.space, self.freq, self.transform)
+
+  def precondition_drift(self, v):
+    """D v = T⁻¹(R ⊙ T(A² ⊙ T⁻¹(R ⊙ T(v)))) (B, H, W, C), = M Mᵀ v for the colouring M.
+
+    PDS's drift operator (docs/PDS.md §0): for the DFT the inner T⁻¹(R ⊙ T(v)) stays complex and
+    only the result is made real, as PDS's code does. Identity unless `precondition` is set.
+    """
+    if not self.precondition:
+      return v
+    freq = 1.0 if self.freq is None else self.freq
+    square = 1.0 if self.space is None else self.space ** 2
+    if self.transform == "dct":
+      return idct2(freq * dct2(square * idct2(freq * dct2(v))))
+    inner = idft2(freq * dft2(v))  # complex, as PDS keeps it
+    return jnp.real(idft2(freq * dft2(square * inner))).astype(v.dtype)

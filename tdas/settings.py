@@ -40,6 +40,8 @@ class TDAS:
     space_map: (space_f, space_alpha) of a space filter made from `space_file`.
     init_mean: the data's mean image (H, W, C) in model space, added to the initial sample
       (`tdas.init_mean`), or None.
+    precondition_drift: PDS: the PC drift and Langevin gradient are preconditioned by M Mᵀ too.
+    pds_masks: (space mask file, frequency mask file, alpha) when the filters are PDS's masks.
   """
   enabled: bool = False
   transform: str = "dct"
@@ -52,6 +54,8 @@ class TDAS:
   zones: Optional[Tuple[float, float, float, float]] = None
   space_map: Optional[Tuple[str, float]] = None
   init_mean: Optional[np.ndarray] = None
+  precondition_drift: bool = False
+  pds_masks: Optional[Tuple[str, str, float]] = None
 
   def __post_init__(self):
     check_transform(self.transform)
@@ -60,16 +64,19 @@ class TDAS:
                        f"{APPLY_TO}.")
 
   @classmethod
-  def from_arrays(cls, space=None, freq=None, transform: str = "dct", apply_to: str = "both"):
+  def from_arrays(cls, space=None, freq=None, transform: str = "dct", apply_to: str = "both",
+                  precondition_drift: bool = False):
     """TDAS on, with filters given as arrays (H, W, C) (benchmarks, tests)."""
-    return cls(enabled=True, transform=transform, apply_to=apply_to, space=space, freq=freq)
+    return cls(enabled=True, transform=transform, apply_to=apply_to, space=space, freq=freq,
+               precondition_drift=precondition_drift)
 
   def coloring(self) -> Optional[Coloring]:
     """The part the jitted samplers see; None when TDAS is off."""
     if not self.enabled:
       return None
     return Coloring(space=self.space, freq=self.freq, init_mean=self.init_mean,
-                    transform=self.transform, apply_to=self.apply_to)
+                    transform=self.transform, apply_to=self.apply_to,
+                    precondition=self.precondition_drift)
 
   def without_filters(self) -> "TDAS":
     """The same run's vanilla sampler (TDAS off): the vanilla comparison."""
@@ -97,6 +104,10 @@ class TDAS:
       summary.update(zip(("space_f", "space_alpha"), self.space_map))
     if self.init_mean is not None:
       summary["init_mean"] = True
+    if self.precondition_drift:
+      summary["precondition_drift"] = True
+    if self.pds_masks is not None:
+      summary.update(zip(("pds_space_mask", "pds_freq_mask", "pds_alpha"), self.pds_masks))
     return summary
 
 
@@ -156,8 +167,26 @@ def resolve(config) -> TDAS:
     logging.info("TDAS preset %s: transform %s, r1 %.3f, r2 %.3f, lambda1 %.3f, lambda2 %.3f.",
                  tdas.preset, transform, tdas.r1, tdas.r2, tdas.lambda1, tdas.lambda2)
   shape = image_shape(config)
-  space = freq = zones = space_map = None
-  if tdas.filter_file:
+  space = freq = zones = space_map = pds_masks = None
+  if tdas.get("pds_space_mask", "") or tdas.get("pds_freq_mask", ""):
+    if tdas.filter_file:
+      raise ValueError("config.sampling.tdas.filter_file and the PDS masks "
+                       "(config.sampling.tdas.pds_*_mask) both set the filters; clear one.")
+    if transform != "dft" and tdas.get("pds_freq_mask", ""):
+      raise ValueError("PDS's frequency mask is indexed by DFT frequency: set "
+                       "config.sampling.tdas.transform='dft'.")
+    alpha = float(tdas.pds_alpha)
+    for name in ("pds_space_mask", "pds_freq_mask"):
+      path = tdas.get(name, "")
+      if path:
+        mask = tdas_filters.pds_filter(
+            files.read_pds_mask(path, f"config.sampling.tdas.{name}", shape), alpha)
+        if name == "pds_space_mask" and tdas.use_space:
+          space = mask
+        elif name == "pds_freq_mask" and tdas.use_frequency:
+          freq = mask
+    pds_masks = (tdas.get("pds_space_mask", ""), tdas.get("pds_freq_mask", ""), alpha)
+  elif tdas.filter_file:
     file_space, file_freq, info = files.load_filters(tdas.filter_file, shape)
     made_with = info.get("transform") if isinstance(info, dict) else None
     if made_with is not None and made_with != transform:
@@ -182,4 +211,6 @@ def resolve(config) -> TDAS:
     init_mean = (2.0 * mean - 1.0 if config.data.centered else mean).astype(np.float32)
   return TDAS(enabled=True, transform=transform, apply_to=tdas.apply_to, space=space, freq=freq,
               preset=tdas.get("preset", ""), filter_file=tdas.filter_file,
-              space_file=tdas.space_file, zones=zones, space_map=space_map, init_mean=init_mean)
+              space_file=tdas.space_file, zones=zones, space_map=space_map, init_mean=init_mean,
+              precondition_drift=bool(tdas.get("precondition_drift", False)),
+              pds_masks=pds_masks)

@@ -51,6 +51,9 @@ class FixedNoise:
     del count
     return self
 
+  def precondition(self, v):
+    return v
+
 
 @pytest.fixture(scope="module")
 def ve_sampler():

@@ -1,0 +1,46 @@
+"""PDS's two masks from a data set, as its `mask_gen_demo.py` computes them (docs/PDS.md §3a).
+
+    python -m tools.pds_masks --data /data/cifar10_train.npz --image_size 32 --num_channels 3 \\
+        --out_dir runs/pds
+
+reads the first `--num_images` images (PDS: 200) of an image folder or an `.npz` with `images`,
+in [0, 1], and writes `pds_space.npy` = mean(x²) and `pds_freq.npy` = log(1 + mean |DFT2(x)|²)
+(unnormalised DFT, no shift), each float32 (C, H, W) as PDS saves them. Point
+`config.sampling.tdas.pds_space_mask` / `pds_freq_mask` at them; `pds_alpha` softens both.
+"""
+import os
+
+import numpy as np
+from absl import app, flags
+
+import datasets
+from tdas import files, filters
+
+flags.DEFINE_string("data", None, "An image folder (PNG/JPEG) or an .npz with `images` uint8.")
+flags.DEFINE_integer("image_size", None, "Image size of the data set.")
+flags.DEFINE_integer("num_channels", 3, "Channels of the data set.")
+flags.DEFINE_integer("num_images", 200, "Images to average (PDS: 200).")
+flags.DEFINE_string("out_dir", None, "Where pds_space.npy and pds_freq.npy go.")
+flags.mark_flags_as_required(["data", "image_size", "out_dir"])
+FLAGS = flags.FLAGS
+
+
+def write_masks(data, image_size, num_channels, num_images, out_dir):
+  """Writes the two raw statistics; returns their paths (space, freq)."""
+  batches = datasets.iterate_images(data, image_size, num_channels, max_images=num_images)
+  images = np.concatenate(list(batches), axis=0).astype(np.float64) / 255.0
+  space, freq = filters.pds_statistics(images)
+  paths = os.path.join(out_dir, "pds_space.npy"), os.path.join(out_dir, "pds_freq.npy")
+  files.save_pds_mask(paths[0], space)
+  files.save_pds_mask(paths[1], freq)
+  print(f"{images.shape[0]} images -> {paths[0]}, {paths[1]}")
+  return paths
+
+
+def main(argv):
+  del argv
+  write_masks(FLAGS.data, FLAGS.image_size, FLAGS.num_channels, FLAGS.num_images, FLAGS.out_dir)
+
+
+if __name__ == "__main__":
+  app.run(main)
