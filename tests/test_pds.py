@@ -136,3 +136,14 @@ def test_pds_settings_from_the_config(tmp_path):
   assert factory.sampling_steps(config)[0] == 67
   config.sampling.speedup_rule = "truncate"
   assert factory.sampling_steps(config)[0] == 66
+
+
+def test_the_mask_tool_writes_pds_files_from_a_data_set(tmp_path):
+  from tools import pds_masks  # pylint: disable=g-import-not-at-top
+  images = np.random.RandomState(4).randint(0, 256, (12, 8, 8, 3)).astype(np.uint8)
+  np.savez(tmp_path / "data.npz", images=images)
+  space_path, freq_path = pds_masks.write_masks(str(tmp_path / "data.npz"), 8, 3, 10,
+                                                str(tmp_path / "out"))
+  space, freq = filters.pds_statistics(images[:10] / 255.0)
+  np.testing.assert_allclose(files.read_pds_mask(space_path, "s", (8, 8, 3)), space, rtol=1e-6)
+  np.testing.assert_allclose(files.read_pds_mask(freq_path, "f", (8, 8, 3)), freq, rtol=1e-6)
