@@ -21,20 +21,12 @@ import numpy as np
 import checkpoints
 from atomic_io import atomic_write_text
 from benchmarks import learned_tdas
+from benchmarks.sampler_budgets import LABELS, METHODS, configure, steps_for
 from configs.demo import digits_ncsnpp
 from evaluation import digits_classifier
 from images import image_grid, to_data_scale, to_uint8
 from sampling import devices, factory
 from tdas import settings as tdas_settings
-
-METHODS = ("pc", "euler", "heun", "edm", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde",
-           "dpmpp_3m_sde")
-# Network evaluations per step: PC with one Langevin corrector step takes 2; Heun and EDM take
-# 2n − 1 for n steps.
-LABELS = {"pc": "PC (reverse diffusion + Langevin)", "euler": "Euler", "heun": "Heun",
-          "edm": "EDM stochastic (S_churn 40)", "euler_ancestral": "Euler ancestral",
-          "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE",
-          "dpmpp_3m_sde": "DPM-Solver++(3M) SDE"}
 
 # --out, --workdir (the calibrations go in one folder a method below it), --num_samples, --seeds,
 # --calibration_samples and --bins are `benchmarks.learned_tdas`'s flags, shared.
@@ -45,23 +37,8 @@ flags.DEFINE_list("tdas_nfe", ["20"], "Budgets at which each method is also run 
 FLAGS = flags.FLAGS
 
 
-def steps_for(method: str, nfe: int) -> int:
-  """The number of steps that spends at most `nfe` network evaluations."""
-  if method == "pc":
-    return max(1, nfe // 2)
-  if method in ("heun", "edm"):
-    return max(1, (nfe + 1) // 2)
-  return nfe
-
-
 def method_config(config, method: str, steps: int, filter_file: str = ""):
-  config = config.copy_and_resolve_references()
-  config.sampling.method = method
-  config.sampling.num_steps = steps
-  if method == "edm":
-    config.sampling.edm.S_churn = 40.0  # EDM's setting for its VE models (Table 5)
-    config.sampling.edm.S_tmin, config.sampling.edm.S_tmax = 0.05, 50.0
-    config.sampling.edm.S_noise = 1.003
+  config = configure(config, method, steps)
   config.sampling.tdas.enabled = bool(filter_file)
   config.sampling.tdas.filter_file = filter_file
   return config

@@ -1,12 +1,13 @@
 """`benchmarks.samplers`' bookkeeping: budgets to steps, the summary and the ranking table (the
 sampling itself is the samplers' own tests and `benchmarks.learned_tdas`' end-to-end test)."""
 from benchmarks import samplers
+from benchmarks.sampler_budgets import steps_for
 
 
 def test_steps_spend_at_most_the_budget():
-  assert samplers.steps_for("pc", 20) == 10  # reverse diffusion + one Langevin step: 2 NFE
-  assert samplers.steps_for("heun", 20) == 10  # 2n − 1 = 19
-  assert samplers.steps_for("dpmpp_2m_sde", 20) == 20
+  assert steps_for("pc", 20) == 10  # reverse diffusion + one Langevin step: 2 NFE
+  assert steps_for("heun", 20) == 10  # 2n − 1 = 19
+  assert steps_for("dpmpp_2m_sde", 20) == 20
 
 
 def test_summary_and_table_rank_the_methods_per_budget():
