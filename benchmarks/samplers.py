@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 import checkpoints
-from atomic_io import atomic_write_text
+from atomic_io import atomic_savez, atomic_write_text
 from benchmarks import learned_tdas
 from benchmarks.sampler_budgets import LABELS, METHODS, configure, steps_for
 from configs.demo import digits_ncsnpp
@@ -27,6 +27,10 @@ from evaluation import digits_classifier
 from images import image_grid, to_data_scale, to_uint8
 from sampling import devices, factory
 from tdas import settings as tdas_settings
+from tools import pds_masks as tools_pds_masks
+
+VARIANTS = ("vanilla", "tdas", "pds")
+VARIANT_LABELS = {"vanilla": "", "tdas": ", TDAS (calibrated)", "pds": ", PDS (its masks)"}
 
 # --out, --workdir (the calibrations go in one folder a method below it), --num_samples, --seeds,
 # --calibration_samples and --bins are `benchmarks.learned_tdas`'s flags, shared.
@@ -34,18 +38,33 @@ flags.DEFINE_list("methods", list(METHODS), "Methods to rank.")
 flags.DEFINE_list("nfe", ["10", "20", "40", "80"], "NFE budgets.")
 flags.DEFINE_list("pc_nfe", ["200", "400"], "Extra budgets for PC, which needs far more.")
 flags.DEFINE_list("tdas_nfe", ["20"], "Budgets at which each method is also run with TDAS.")
+flags.DEFINE_list("pds_nfe", ["20", "40"], "Budgets at which PC also runs as PDS (its masks from "
+                  "200 training digits, alpha 5, preconditioned drift).")
 FLAGS = flags.FLAGS
 
 
-def method_config(config, method: str, steps: int, filter_file: str = ""):
+def method_config(config, method: str, steps: int, filter_file: str = "", masks=None):
+  """One sampler's config: vanilla, TDAS with a calibrated filter file, or PDS with its masks."""
   config = configure(config, method, steps)
-  config.sampling.tdas.enabled = bool(filter_file)
-  config.sampling.tdas.filter_file = filter_file
+  tdas = config.sampling.tdas
+  tdas.enabled = bool(filter_file or masks)
+  tdas.filter_file = filter_file
+  if masks:
+    tdas.transform, tdas.precondition_drift, tdas.use_space = "dft", True, True
+    tdas.pds_space_mask, tdas.pds_freq_mask = masks
   return config
 
 
+def pds_masks(workdir: str):
+  """PDS's masks of the first 200 training digits (`tools.pds_masks`): (space file, freq file)."""
+  images, _ = digits_classifier.digits_split(evaluation=False)
+  path = os.path.join(workdir, "digits_train.npz")
+  atomic_savez(path, images=np.round(images * 255).astype(np.uint8))
+  return tools_pds_masks.write_masks(path, 16, 1, 200, workdir)
+
+
 def run(workdir, methods, budgets, pc_budgets, tdas_budgets, num_samples, seeds,
-        calibration_samples, bins):
+        calibration_samples, bins, pds_budgets=()):
   base = digits_ncsnpp.get_config()
   base.sampling.tdas.use_space = False
   base.sampling.vanilla_comparison = False
@@ -54,19 +73,22 @@ def run(workdir, methods, budgets, pc_budgets, tdas_budgets, num_samples, seeds,
   measure = learned_tdas.Measure(digits_classifier.load_classifier(), bins)
   shape = (num_samples, base.data.image_size, base.data.image_size, base.data.num_channels)
   rows, previews, calibrations = [], {}, {}
+  masks = pds_masks(workdir) if pds_budgets and "pc" in methods else None
   for method in methods:
     for nfe_budget in budgets + (pc_budgets if method == "pc" else []):
       steps = steps_for(method, nfe_budget)
-      variants = [("vanilla", "")]
+      variants = [("vanilla", "", None)]
       if nfe_budget in tdas_budgets and steps < base.model.num_scales:
         config = method_config(base, method, steps)
         summary = learned_tdas.calibrate(config, os.path.join(workdir, method), steps,
                                          calibration_samples)
         calibrations[f"{method}_{steps}"] = dict(filter_file=summary["filter_file"],
                                                  zones=summary["fits"]["zones"])
-        variants.append(("tdas", summary["filter_file"]))
-      for variant, filter_file in variants:
-        config = method_config(base, method, steps, filter_file)
+        variants.append(("tdas", summary["filter_file"], None))
+      if method == "pc" and nfe_budget in pds_budgets:
+        variants.append(("pds", "", masks))
+      for variant, filter_file, variant_masks in variants:
+        config = method_config(base, method, steps, filter_file, variant_masks)
         sampler = factory.build(config, shape)
         tdas = tdas_settings.resolve(config)
         learned_tdas.compile_sampler(sampler, variables, tdas)
@@ -119,7 +141,7 @@ def table_text(result, budgets) -> str:
   lines = ["| sampler | " + " | ".join(f"NFE ≈ {c}" for c in columns) + " |",
            "|---|" + "---:|" * len(columns)]
   for method in result["methods"]:
-    for variant in ("vanilla", "tdas"):
+    for variant in VARIANTS:
       if not any(k[0] == method and k[1] == variant for k in cells):
         continue
       row = []
@@ -130,7 +152,7 @@ def table_text(result, budgets) -> str:
           continue
         text = f"{e['frechet_distance']:.1f} ± {e['frechet_distance_std']:.1f}"
         row.append(f"**{text}**" if e["frechet_distance"] == best[c] else text)
-      name = LABELS[method] + (", TDAS (calibrated)" if variant == "tdas" else "")
+      name = LABELS[method] + VARIANT_LABELS[variant]
       lines.append(f"| {name} | " + " | ".join(row) + " |")
   floor = result["real_floor"]
   lines.append(f"| real digits (floor) | {floor['frechet_distance']:.1f} ± "
@@ -145,7 +167,7 @@ def plot(result, path: str) -> None:
   fig, axis = plt.subplots(figsize=(8, 5))
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for k, method in enumerate(result["methods"]):
-    for variant, style in (("vanilla", "o-"), ("tdas", "s--")):
+    for variant, style in (("vanilla", "o-"), ("tdas", "s--"), ("pds", "^:")):
       entries = sorted((e for e in result["table"] if e["method"] == method
                         and e["variant"] == variant), key=lambda e: e["nfe"])
       if not entries:
@@ -153,7 +175,7 @@ def plot(result, path: str) -> None:
       axis.errorbar([e["nfe"] for e in entries], [e["frechet_distance"] for e in entries],
                     yerr=[e["frechet_distance_std"] for e in entries], fmt=style, capsize=3,
                     color=colors[k % len(colors)],
-                    label=LABELS[method] + (" + TDAS" if variant == "tdas" else ""))
+                    label=LABELS[method] + VARIANT_LABELS[variant])
   axis.axhline(result["real_floor"]["frechet_distance"], color="gray", ls=":",
                label="real digits (floor)")
   axis.set_xscale("log")
@@ -172,7 +194,7 @@ def save_grids(path, previews, methods, budgets) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  rows = [(m, v) for m in methods for v in ("vanilla", "tdas")
+  rows = [(m, v) for m in methods for v in VARIANTS
           if any(k[0] == m and k[1] == v for k in previews)]
   fig, axes = plt.subplots(len(rows), len(budgets), figsize=(1.7 * len(budgets), 1.8 * len(rows)),
                            squeeze=False)
@@ -188,7 +210,7 @@ def save_grids(path, previews, methods, budgets) -> None:
       if i == 0:
         axis.set_title(f"NFE ≈ {budget}", fontsize=9)
       if j == 0:
-        axis.set_ylabel(method + (" +TDAS" if variant == "tdas" else ""), fontsize=7)
+        axis.set_ylabel(method + VARIANT_LABELS[variant], fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -202,7 +224,8 @@ def main(argv):
   pc_budgets = [int(n) for n in FLAGS.pc_nfe]
   result, previews = run(FLAGS.workdir, list(FLAGS.methods), budgets, pc_budgets,
                          [int(n) for n in FLAGS.tdas_nfe], FLAGS.num_samples, FLAGS.seeds,
-                         FLAGS.calibration_samples, FLAGS.bins)
+                         FLAGS.calibration_samples, FLAGS.bins,
+                         [int(n) for n in FLAGS.pds_nfe if n])
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2) + "\n")
   plot(result, stem + ".png")
   save_grids(stem + "_grids.png", previews, result["methods"], sorted(budgets + pc_budgets))

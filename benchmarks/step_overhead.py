@@ -6,9 +6,8 @@
 
 Random weights (speed does not depend on them). For each batch size it measures, interleaved in
 one process: a bare forward (a jitted fori_loop of forwards divided by their count, as DESIGN.md
-asks), and the PC sampler's seconds per step with TDAS off and on (DCT zoned filter + space
-filter). Reports TDAS's overhead per step and the sampler's step time over (score evaluations per
-step) × forward.
+asks), and each `--methods` sampler's whole jitted run of `--steps` steps with TDAS off and on
+(DCT zoned filter + space filter). Reports TDAS's overhead and the run's time over NFE × forward.
 """
 import importlib
 import json
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks.sampler_budgets import configure
 from models import utils as model_utils
 from sampling import factory
 from tdas import filters as tdas_filters
@@ -32,6 +32,7 @@ flags.DEFINE_integer("steps", 4, "Sampler steps per timed call.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats of each variant (interleaved); the minimum "
                      "is reported.")
 flags.DEFINE_string("out", "step_overhead.json", "JSON output.")
+flags.DEFINE_list("methods", ["pc"], "Sampling methods to time (config.sampling.method).")
 flags.DEFINE_enum("precision", "highest", ["default", "high", "highest"],
                   "jax_default_matmul_precision (GPUs run float32 convolutions as TF32 under "
                   "'default').")
@@ -44,8 +45,9 @@ def _time(fn, *args):
   return time.perf_counter() - start
 
 
-def measure(config, batch, steps, repeats):
-  """Returns dict(forward, step_vanilla, step_tdas, ...) in seconds for one batch size."""
+def measure(config, batch, steps, repeats, methods=("pc",)):
+  """Seconds per call for one batch size: a bare forward, and each method's whole run (`steps`
+  steps) with TDAS off and on. Returns one row per method."""
   size, channels = config.data.image_size, config.data.num_channels
   shape = (batch, size, size, channels)
   model = model_utils.create_model(config)
@@ -59,30 +61,34 @@ def measure(config, batch, steps, repeats):
       return model.apply(variables, x, labels, train=False) * 1e-3 + x
     return jax.lax.fori_loop(0, steps, body, x)
 
-  config.sampling.num_steps = steps
-  sampler = factory.build(config, shape, model)
   freq = tdas_filters.frequency_filter(shape[1:], 0.4, 0.455, 0.955, 0.878)
   space = tdas_filters.space_filter(np.random.RandomState(0).uniform(0.2, 0.8, shape[1:]))
   tdas = TDAS.from_arrays(space=jax.device_put(space), freq=jax.device_put(freq))
   rng = jax.random.PRNGKey(2)
-  variants = {
-      "forward": lambda: forwards(variables, x),
-      "step_vanilla": lambda: sampler.sample(rng, variables, None),
-      "step_tdas": lambda: sampler.sample(rng, variables, tdas),
-  }
+  variants = {"forward": lambda: forwards(variables, x)}
+  samplers = {}
+  for method in methods:
+    samplers[method] = sampler = factory.build(configure(config, method, steps), shape, model)
+    variants[f"{method}_vanilla"] = lambda s=sampler: s.sample(rng, variables, None).samples
+    variants[f"{method}_tdas"] = lambda s=sampler: s.sample(rng, variables, tdas).samples
   compile_seconds = {name: _time(fn) for name, fn in variants.items()}  # first call compiles
   best = {name: float("inf") for name in variants}
-  for _ in range(repeats):
+  for _ in range(repeats):  # interleaved, so that the machine's drift hits every variant alike
     for name, fn in variants.items():
       best[name] = min(best[name], _time(fn))
-  per_call = {name: seconds / steps for name, seconds in best.items()}
-  evaluations = sampler.nfe // steps
-  return dict(batch=batch, steps=steps, evaluations_per_step=evaluations,
-              forward=per_call["forward"], step_vanilla=per_call["step_vanilla"],
-              step_tdas=per_call["step_tdas"],
-              tdas_overhead=per_call["step_tdas"] / per_call["step_vanilla"] - 1.0,
-              sampler_over_forwards=per_call["step_vanilla"] / (evaluations * per_call["forward"]),
-              compile_seconds=compile_seconds)
+  forward = best["forward"] / steps
+  rows = []
+  for method, sampler in samplers.items():
+    vanilla, colored = best[f"{method}_vanilla"], best[f"{method}_tdas"]
+    rows.append(dict(
+        batch=batch, method=method, steps=steps, nfe=sampler.nfe,
+        evaluations_per_step=sampler.nfe / steps, forward=forward,
+        step_vanilla=vanilla / steps, step_tdas=colored / steps,
+        tdas_overhead=colored / vanilla - 1.0,
+        sampler_over_forwards=vanilla / (sampler.nfe * forward),
+        compile_seconds={k: v for k, v in compile_seconds.items()
+                         if k == "forward" or k.startswith(method + "_")}))
+  return rows
 
 
 def main(argv):
@@ -91,7 +97,8 @@ def main(argv):
   config = importlib.import_module("configs." + FLAGS.config.replace("/", ".")).get_config()
   if FLAGS.nf:
     config.model.nf = FLAGS.nf
-  rows = [measure(config, int(b), FLAGS.steps, FLAGS.repeats) for b in FLAGS.batch]
+  rows = [row for b in FLAGS.batch
+          for row in measure(config, int(b), FLAGS.steps, FLAGS.repeats, FLAGS.methods)]
   result = dict(config=FLAGS.config, nf=config.model.nf, precision=FLAGS.precision, image_size=config.data.image_size,
                 device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform,
                 rows=rows)
@@ -100,12 +107,13 @@ def main(argv):
     json.dump(result, f, indent=2)
   print(f"{FLAGS.config} at {config.data.image_size} px, nf {config.model.nf}, on "
         f"{result['device']}, matmul precision {FLAGS.precision}")
-  print("| batch | forward (s) | step vanilla (s) | step TDAS (s) | TDAS overhead | "
-        "step / (evals x forward) |")
-  print("|---|---|---|---|---|---|")
+  print("| batch | method | NFE | forward (s) | step vanilla (s) | step TDAS (s) | TDAS overhead "
+        "| run / (NFE x forward) |")
+  print("|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['batch']} | {r['forward']:.4f} | {r['step_vanilla']:.4f} | {r['step_tdas']:.4f} "
-          f"| {100 * r['tdas_overhead']:+.1f} % | {r['sampler_over_forwards']:.3f} |")
+    print(f"| {r['batch']} | {r['method']} | {r['nfe']} | {r['forward']:.4f} | "
+          f"{r['step_vanilla']:.4f} | {r['step_tdas']:.4f} | {100 * r['tdas_overhead']:+.1f} % | "
+          f"{r['sampler_over_forwards']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ flags.DEFINE_integer("image_size", None, "Image size of the data set.")
 flags.DEFINE_integer("num_channels", 3, "Channels of the data set.")
 flags.DEFINE_integer("num_images", 200, "Images to average (PDS: 200).")
 flags.DEFINE_string("out_dir", None, "Where pds_space.npy and pds_freq.npy go.")
-flags.mark_flags_as_required(["data", "image_size", "out_dir"])
 FLAGS = flags.FLAGS
 
 
@@ -43,4 +42,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["data", "image_size", "out_dir"])  # only when run as the tool
   app.run(main)
