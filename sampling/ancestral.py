@@ -8,7 +8,7 @@ a deterministic Euler step (DDIM's η = 0); with η = 1 ancestral sampling (DDPM
 import jax.numpy as jnp
 
 import sde_lib
-from sampling.denoiser import DenoiserSampler, SigmaState
+from sampling.denoiser import DenoiserSampler
 from sampling.interface import SAMPLERS
 
 
@@ -56,7 +56,7 @@ class EulerAncestralSampler(DenoiserSampler):
       if self.eta > 0 and self.s_noise > 0:
         eps, noise = noise.draw()
         x = x + self.s_noise * sigma_up * eps
-      return SigmaState(noise.constrain(x), denoised, state.denoised_1, noise)
+      return state._replace(x=noise.constrain(x), noise=noise)
 
     return step
 

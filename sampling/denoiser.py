@@ -52,6 +52,7 @@ class DenoiserView:
     else:
       grid, times, scales = self._discrete_grid()
       self.grid = grid  # (N,) ascending trained σ's
+      self.log_grid = np.log(grid).astype(np.float32)
       self.grid_times = times.astype(np.float32)
       self.grid_scales = scales.astype(np.float32)
       self.sigma_min, self.sigma_max = float(grid[0]), float(grid[-1])
@@ -145,7 +146,8 @@ class DenoiserView:
       # factor must be the σ(t) of the score's own conditioning, not σ before the round trip.
       sigma = self.sde.marginal_prob(jnp.zeros((1,)), jnp.full((1,), t))[1][0] / scale
     else:
-      k = jnp.argmin(jnp.abs(jnp.log(jnp.asarray(self.grid, jnp.float32)) - jnp.log(sigma)))
+      # The schedule's σ's are grid points already: this finds their index (N compares).
+      k = jnp.argmin(jnp.abs(jnp.asarray(self.log_grid) - jnp.log(sigma)))
       sigma = jnp.asarray(self.grid, jnp.float32)[k]
       t = jnp.asarray(self.grid_times)[k]
       scale = jnp.asarray(self.grid_scales)[k]
@@ -161,17 +163,15 @@ class DenoiserSampler(SteppedSampler):
   which is x itself (s(0) = 1).
   """
 
-  evaluations_per_step = 1
-
-  def __init__(self, setup, schedule: str = "karras", rho: float = 7.0, num_steps=None):
-    num_steps = setup.sde.N if num_steps is None else int(num_steps)
+  def __init__(self, setup, schedule: str = "karras", rho: float = 7.0):
+    num_steps = setup.sde.N
     if num_steps < 1:
       raise ValueError(f"config.sampling.num_steps must be >= 1, got {num_steps}.")
     self.view = DenoiserView(setup.training_sde or setup.sde, setup.continuous, setup.eps)
     self.sigmas = self.view.schedule(num_steps, schedule, rho)
     self.schedule, self.rho = schedule, rho
     super().__init__(setup, num_steps)
-    self.nfe = self.evaluations_per_step * num_steps
+    self.nfe = num_steps  # one evaluation per step; Heun and EDM override it
 
   @staticmethod
   def schedule_fields(config):
@@ -198,9 +198,7 @@ class DenoiserSampler(SteppedSampler):
     x = float(self.sigmas[0]) * xi
     if noise.initial_mean() is not None:
       x = x + noise.initial_mean()
-    return self.make_state(noise.constrain(x), noise)
-
-  def make_state(self, x, noise):
+    x = noise.constrain(x)
     return SigmaState(x, x, x, noise)
 
   def final_samples(self, state):

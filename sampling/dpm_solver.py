@@ -16,7 +16,8 @@ SOLVER_TYPES = ("midpoint", "heun")
 
 
 def _log_steps(sigmas):
-  """h_i = log σ_i − log σ_{i+1} for each step (inf on the last, to σ = 0), and safe logs."""
+  """h_i = log σ_i − log σ_{i+1} for each step, (n,); the last entry (to σ = 0) is meaningless
+  and never used: that step returns the denoised image."""
   positive = jnp.where(sigmas > 0, sigmas, 1.0)
   lam = -jnp.log(positive)
   return lam[1:] - lam[:-1]
@@ -45,12 +46,7 @@ class _DPMSolverPP(DenoiserSampler):
                s_noise=float(sampling.s_noise), solver_type=str(sampling.solver_type))
 
   def method_settings(self):
-    if not self.stochastic:
-      return {}
-    settings = dict(eta=self.eta, s_noise=self.s_noise)
-    if isinstance(self, DPMSolverPP2MSDE):
-      settings["solver_type"] = self.solver_type
-    return settings
+    return dict(eta=self.eta, s_noise=self.s_noise) if self.stochastic else {}
 
   def step_fn(self, score_fn):
     sigmas = self.sigma_array()
@@ -94,6 +90,9 @@ class DPMSolverPP2M(_DPMSolverPP):
 @SAMPLERS.register("dpmpp_2m_sde")
 class DPMSolverPP2MSDE(_DPMSolverPP):
   """DPM-Solver++(2M) SDE with `sampling.eta`, `sampling.s_noise`, `sampling.solver_type`."""
+
+  def method_settings(self):
+    return dict(super().method_settings(), solver_type=self.solver_type)
 
   def update(self, i, state, denoised, sigma, sigma_next, h, steps):
     eta_h = self.eta * h

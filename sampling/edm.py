@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sampling.denoiser import DenoiserSampler, SigmaState
+from sampling.denoiser import DenoiserSampler
 from sampling.interface import SAMPLERS
 
 
@@ -27,9 +27,8 @@ class _EDMSampler(DenoiserSampler):
         raise ValueError(f"config.sampling.edm.{name} must be >= 0, got {value!r}.")
     if not S_tmax >= S_tmin:
       raise ValueError(f"config.sampling.edm.S_tmax={S_tmax!r} must be >= S_tmin={S_tmin!r}.")
-    self.evaluations_per_step = 2 if self.second_order else 1
     super().__init__(setup, schedule, rho)
-    if self.second_order:
+    if self.second_order:  # no correction on the last step, to σ = 0
       self.nfe = 2 * self.num_steps - 1
     self.S_churn, self.S_tmin, self.S_tmax, self.S_noise = S_churn, S_tmin, S_tmax, S_noise
     # γ_i = min(S_churn / n, √2 − 1) where S_tmin <= σ_i <= S_tmax, else 0 (per step, static).
@@ -84,7 +83,7 @@ class _EDMSampler(DenoiserSampler):
           return x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
         x_next = jax.lax.cond(i < last, correct, lambda x: x, x_next)
       x_next = noise.constrain(x_next)
-      return SigmaState(x_next, state.denoised_1, state.denoised_2, noise)
+      return state._replace(x=x_next, noise=noise)
 
     return step
 

@@ -37,7 +37,8 @@ class Coloring:
 
   A pytree: `space` and `freq` ((H, W, C) arrays, or None for a filter that is off) are traced
   arguments of the compiled sampler, never constants in it; `transform` and `apply_to` are part of
-  the compiled program.
+  the compiled program. Built by `tdas.settings.TDAS.coloring()`, which has checked them (so
+  nothing is re-checked each time jit unflattens it).
   """
   space: Optional[jax.Array]
   freq: Optional[jax.Array]
@@ -46,11 +47,6 @@ class Coloring:
   apply_to: str = struct.field(pytree_node=False, default="both")
   # PDS (Ma et al., "Preconditioned Diffusion Sampling"): also precondition the drift.
   precondition: bool = struct.field(pytree_node=False, default=False)
-
-  def __post_init__(self):
-    if self.apply_to not in APPLY_TO:
-      raise ValueError(f"config.sampling.tdas.apply_to={self.apply_to!r} must be one of "
-                       f"{APPLY_TO}.")
 
   def colors(self, kind: str) -> bool:
     """Whether draws of `kind` ('init': the initial sample, 'step': the noise added on the way)
