@@ -3,8 +3,11 @@
 Shapes: images are NHWC; uint8 for pictures, float in [0, 1] for statistics.
 """
 import math
+import os
 
 import numpy as np
+
+from atomic_io import atomic_savez
 
 
 def to_uint8(x, centered: bool) -> np.ndarray:
@@ -21,8 +24,16 @@ def to_data_scale(x, centered: bool) -> np.ndarray:
   return (x + 1.0) / 2.0 if centered else x
 
 
-def image_grid(images: np.ndarray, columns: int = 0) -> np.ndarray:
-  """(N, H, W, C) uint8 -> one (rows·H, columns·W, C) uint8 grid with 2-px gaps."""
+# Grid tiles smaller than this are enlarged (nearest neighbour) so that a person can see them.
+MIN_TILE = 64
+
+
+def image_grid(images: np.ndarray, columns: int = 0, min_tile: int = MIN_TILE) -> np.ndarray:
+  """(N, H, W, C) uint8 -> one (rows·s·H, columns·s·W, C) uint8 grid with 2-px gaps, each image
+  enlarged s = ceil(min_tile / max(H, W)) times by pixel repetition (s = 1 from min_tile px)."""
+  scale = max(1, int(math.ceil(min_tile / max(images.shape[1:3]))))
+  if scale > 1:
+    images = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
   n, h, w, c = images.shape
   columns = columns or int(math.ceil(math.sqrt(n)))
   rows = int(math.ceil(n / columns))
@@ -32,6 +43,14 @@ def image_grid(images: np.ndarray, columns: int = 0) -> np.ndarray:
     r, col = divmod(k, columns)
     grid[r * (h + gap):r * (h + gap) + h, col * (w + gap):col * (w + gap) + w] = images[k]
   return grid
+
+
+def export_arr0(folder: str, round_files) -> str:
+  """Every round's samples as one `arr_0` uint8 (N, H, W, C) .npz, the layout guided-diffusion's
+  and EDM's evaluators read: <folder>/arr0_<N>x<H>x<W>x<C>.npz. Returns its path."""
+  samples = np.concatenate([np.load(path)["samples"] for path in round_files])
+  name = "arr0_" + "x".join(str(s) for s in samples.shape) + ".npz"
+  return atomic_savez(os.path.join(folder, name), compressed=False, arr_0=samples)
 
 
 def save_png(path, image: np.ndarray):

@@ -3,6 +3,8 @@
 `--config` takes an ml_collections config file; any field can be overridden on the command line,
 e.g. `--config.sampling.num_steps=100`. All output goes under `--workdir`.
 """
+import difflib
+import importlib.util
 import os
 import sys
 
@@ -27,7 +29,74 @@ flags.DEFINE_string("eval_folder", "eval", "Folder under --workdir for evaluatio
 flags.DEFINE_float("speedup", None, "Shorthand for --config.sampling.speedup=K "
                    "--config.sampling.num_steps=0: sample with round(model.num_scales / K) steps.")
 flags.DEFINE_bool("tdas", None, "Shorthand for --config.sampling.tdas.enabled=true (or false).")
+flags.DEFINE_bool("discard_rounds", False, "--mode sample: delete the round files in the eval "
+                  "folder that were sampled with other settings, and sample them again (without "
+                  "it, such rounds stop the run).")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
+
+
+def _argv_config_path(argv):
+  for k, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and k + 1 < len(argv):
+      return argv[k + 1]
+  return None
+
+
+def _dotted_names(config, prefix="") -> list:
+  names = []
+  for key, value in config.items():
+    names.append(prefix + key)
+    if hasattr(value, "items"):
+      names.extend(_dotted_names(value, f"{prefix}{key}."))
+  return names
+
+
+def _load_config_file(path):
+  spec = importlib.util.spec_from_file_location("_user_config", path.split(":", 1)[0])
+  if spec is None:
+    raise OSError(f"{path} is not a Python file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _flag_error_message(argv, error) -> str:
+  """One line for a config file that does not load, or an override it cannot take."""
+  path = _argv_config_path(argv)
+  try:
+    config = _load_config_file(path)
+  except Exception as load_error:  # pylint: disable=broad-except
+    if isinstance(load_error, FileNotFoundError) or not os.path.isfile(str(path).split(":")[0]):
+      return f"the config file {path!r} does not exist."
+    return (f"the config file {path!r} cannot be loaded: {type(load_error).__name__}: "
+            f"{' '.join(str(load_error).split())}")
+  names = _dotted_names(config)
+  for arg in argv:
+    if arg.startswith("--config."):
+      field = arg[len("--config."):].split("=", 1)[0]
+      if field not in names:
+        close = difflib.get_close_matches(field, names, n=4, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        return f"--config.{field}: the config {path} has no field {field!r}.{hint}"
+  return f"a --config override cannot be applied: {' '.join(str(error).split())}"
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a config file that is missing or broken, or an override of a field
+  the config lacks, reported in one line (exit 1) instead of a traceback."""
+  try:
+    remaining = FLAGS(argv)
+    if FLAGS.config is not None:
+      FLAGS.config.get("model")  # a config file that failed to load raises here
+    return remaining
+  except flags.Error as error:  # a flag absl cannot parse, a required flag missing
+    message = f"{' '.join(str(error).split())} (see --helpshort)"
+  except Exception as error:  # pylint: disable=broad-except
+    message = _flag_error_message(argv, error)
+  sys.stderr.write(f"Error: {message}\n")
+  sys.exit(1)
 
 
 def apply_shorthands(config):
@@ -43,10 +112,14 @@ def apply_shorthands(config):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS.workdir.strip():
+    sys.exit("Error: --workdir is empty: name the directory the run reads and writes.")
   logging.info("mode=%s workdir=%s", FLAGS.mode, os.path.abspath(FLAGS.workdir))
+  options = dict(eval_folder=FLAGS.eval_folder)
+  if FLAGS.mode == "sample":
+    options["discard_rounds"] = FLAGS.discard_rounds
   try:
-    MODES[FLAGS.mode](apply_shorthands(FLAGS.config), FLAGS.workdir,
-                      eval_folder=FLAGS.eval_folder)
+    MODES[FLAGS.mode](apply_shorthands(FLAGS.config), FLAGS.workdir, **options)
   except run_lib.USER_ERRORS as error:
     # A user's mistake (a missing file, a bad config value) gets its message, not a traceback.
     logging.error("%s", error)
@@ -54,4 +127,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -18,7 +18,9 @@ import calibration_sets
 import checkpoints
 import datasets
 import images
+import sample_rounds
 import train as train_lib
+import validation
 from atomic_io import atomic_savez, atomic_write_text
 from configs import project_fields
 from evaluation import evaluate as evaluation
@@ -61,74 +63,148 @@ def _host_suffix():
   return "" if jax.process_count() == 1 else f"_host{jax.process_index()}"
 
 
-def sample(config, workdir, eval_folder="eval"):
+def sample(config, workdir, eval_folder="eval", discard_rounds=False):
   """Draw config.eval.num_samples samples (vanilla or TDAS) into <workdir>/<eval_folder>/.
 
-  Writes samples_<round>.npz (uint8 NHWC under `samples`), a PNG grid, sampling.json and, with
-  TDAS on, vanilla_vs_tdas.png. Finished rounds are skipped on a rerun.
+  Writes samples_<round>.npz (uint8 NHWC under `samples`, with the fingerprint of what made it),
+  a PNG grid, sampling.json and, with TDAS on, vanilla_vs_tdas.png. A rerun keeps the rounds
+  that read back with this run's fingerprint and samples the others; rounds made with other
+  settings stop it (or, with `discard_rounds`, are deleted and sampled again). Processes that
+  share the folder share its rounds (`sample_rounds.RoundClaims`).
   """
+  validation.check_sampling(config)
   devices.set_matmul_precision(config)
   distributed = config.sampling.distributed
   devices.initialize_distributed(distributed.coordinator_address, distributed.num_processes,
                                  distributed.process_id)
   out_dir = os.path.join(workdir, eval_folder)
-  os.makedirs(out_dir, exist_ok=True)
+  sample_rounds.check_writable(out_dir)
   variables, source = checkpoints.load_variables(config, workdir)
   tdas = tdas_settings.resolve(config)
 
   mesh = devices.batch_mesh()
-  batch_size = int(config.eval.batch_size)
+  batch_size, num_samples = int(config.eval.batch_size), int(config.eval.num_samples)
   devices.check_batch_size(batch_size, mesh)
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-  sampler = factory.build(config, shape, batch_sharding=devices.batch_sharding(mesh))
+  batch_sharding = devices.batch_sharding(mesh)
+  sampler = factory.build(config, shape, batch_sharding=batch_sharding)
+  setup = sampler.setup
+  _warn_filter_steps(tdas, setup.sde.N)
+  suffix = _host_suffix()
+  fields = sample_rounds.fingerprint(config, variables, tdas, shape, setup.sde.N, setup.eps,
+                                     jax.process_count())
+  sample_rounds.check_folder(out_dir, suffix, fields, discard_rounds, log=logging.warning)
   replicated = devices.replicated(mesh)
   variables = jax.device_put(variables, replicated)
   tdas = tdas.device_put(replicated)
 
-  num_rounds = int(math.ceil(config.eval.num_samples / batch_size))
+  num_rounds = int(math.ceil(num_samples / batch_size))
   seed_key = jax.random.PRNGKey(config.sampling.seed)
-  suffix = _host_suffix()
-  setup = sampler.setup
-  logging.info("Sampling %d rounds of %d with %d steps (speed-up %.3g, eps %.3g), TDAS %s, on %d "
-               "devices.", num_rounds, batch_size, setup.sde.N, setup.speedup, setup.eps,
-               "on" if tdas.enabled else "off", mesh.devices.size)
-  seconds, rounds_run, nfe = 0.0, 0, sampler.nfe
-  for r in tqdm(range(num_rounds), desc="rounds", unit="round"):
-    path = os.path.join(out_dir, f"samples_{r}{suffix}.npz")
-    if os.path.exists(path):
-      logging.info("Round %d already written (%s); skipping.", r, path)
-      continue
-    start = time.perf_counter()
-    x, nfe = factory.run(sampler, jax.random.fold_in(seed_key, r), variables, tdas,
-                         progress_label=f"round {r}", what=f"Round {r}")
-    seconds += time.perf_counter() - start
-    rounds_run += 1
-    atomic_savez(path, samples=images.to_uint8(x, config.data.centered))
+  local_index = devices.local_row_indices(batch_sharding, shape)
+  # Several processes of one job decide each round together; separate processes claim rounds.
+  claims = sample_rounds.RoundClaims(out_dir) if jax.process_count() == 1 else None
+  logging.info("Sampling %d rounds of %d (%d samples) with %d steps (speed-up %.3g, eps %.3g), "
+               "TDAS %s, on %d devices.", num_rounds, batch_size, num_samples, setup.sde.N,
+               setup.speedup, setup.eps, "on" if tdas.enabled else "off", mesh.devices.size)
+  timing = dict(seconds=0.0, rounds=0, nfe=sampler.nfe)
 
-  first = np.load(os.path.join(out_dir, f"samples_0{suffix}.npz"))["samples"][:64]
+  def round_rows(r):
+    # The last round keeps only the samples up to num_samples (global rows), on every host.
+    return local_index < num_samples - r * batch_size
+
+  def finished(r, path, quiet=False):
+    if not os.path.exists(path):
+      return False
+    samples, recorded, problem = sample_rounds.read_round(path, int(round_rows(r).sum()))
+    if problem is None and recorded is None:
+      problem = "it has no fingerprint (written by an older version)"
+    if problem is None:
+      lines = sample_rounds.differences(recorded, dict(fields, round=r))
+      if lines:
+        raise sample_rounds.FingerprintMismatch(
+            f"{path} was written during this run with other settings ({'; '.join(lines[:4])}) "
+            "by another process: give each setting its own --eval_folder.")
+      return samples is not None
+    if not quiet:
+      logging.warning("Round %d (%s): %s; sampling it again.", r, path, problem)
+    return False
+
+  def draw(r, path):
+    start = time.perf_counter()
+    x, timing["nfe"] = factory.run(sampler, jax.random.fold_in(seed_key, r), variables, tdas,
+                                   progress_label=f"round {r}", what=f"Round {r}")
+    timing["seconds"] += time.perf_counter() - start
+    timing["rounds"] += 1
+    sample_rounds.write_round(path, images.to_uint8(x, config.data.centered)[round_rows(r)],
+                              fields, r)
+
+  held = []
+  for r in tqdm(range(num_rounds), desc="rounds", unit="round"):
+    path = sample_rounds.round_path(out_dir, r, suffix)
+    if claims is None:  # every process of the job samples the round unless all have it
+      if not devices.all_processes(finished(r, path)):
+        draw(r, path)
+      continue
+    if finished(r, path):
+      logging.info("Round %d already written (%s); keeping it.", r, path)
+      continue
+    claim = claims.claim(path)
+    if claim is None:
+      logging.info("Round %d is being sampled by %s; taking the next.", r, claims.holder(path))
+      held.append(r)
+      continue
+    with claim:
+      if not finished(r, path, quiet=True):
+        draw(r, path)
+  for r in held:  # wait for the other process; sample the round if it died without writing it
+    path = sample_rounds.round_path(out_dir, r, suffix)
+    with claims.claim(path, block=True):
+      if not finished(r, path):
+        draw(r, path)
+
+  first = np.load(sample_rounds.round_path(out_dir, 0, suffix))["samples"][:64]
   images.save_png(os.path.join(out_dir, "samples_grid.png"), images.image_grid(first))
   if tdas.enabled and config.sampling.vanilla_comparison:
     vanilla, _ = factory.run(sampler, jax.random.fold_in(seed_key, 0), variables,
                              tdas.without_filters(), progress_label="vanilla comparison")
-    vanilla = images.to_uint8(vanilla, config.data.centered)[:64]
+    vanilla = images.to_uint8(vanilla, config.data.centered)[round_rows(0)][:64]
     images.save_comparison(os.path.join(out_dir, "vanilla_vs_tdas.png"), vanilla, first,
-                           setup.sde.N, nfe)
+                           setup.sde.N, timing["nfe"])
+  if config.sampling.get("export_arr0", False) and jax.process_count() == 1:
+    export = images.export_arr0(out_dir, [sample_rounds.round_path(out_dir, r, suffix)
+                                          for r in range(num_rounds)])
+    logging.info("Wrote every sample as one arr_0 file for other evaluators: %s", export)
 
+  rounds_run, seconds = timing["rounds"], timing["seconds"]
   summary = dict(
-      num_samples=num_rounds * batch_size, rounds=num_rounds, rounds_this_run=rounds_run,
-      batch_size=batch_size, steps=setup.sde.N, speedup=setup.speedup, eps=setup.eps, nfe=nfe,
-      method=config.sampling.method, **sampler.describe(), source=source, tdas=tdas.describe(),
-      device_count=mesh.devices.size, process_count=jax.process_count(), seconds=seconds,
-      seconds_per_step=(seconds / (rounds_run * setup.sde.N)) if rounds_run else None)
+      num_samples=num_samples, rounds=num_rounds, rounds_this_run=rounds_run,
+      batch_size=batch_size, steps=setup.sde.N, speedup=setup.speedup, eps=setup.eps,
+      nfe=timing["nfe"], method=config.sampling.method, **sampler.describe(), source=source,
+      tdas=tdas.describe(), device_count=mesh.devices.size, process_count=jax.process_count(),
+      seconds=seconds,
+      seconds_per_step=(seconds / (rounds_run * setup.sde.N)) if rounds_run else None,
+      fingerprint=fields)
   atomic_write_text(os.path.join(out_dir, f"sampling{suffix}.json"),
                     json.dumps(summary, indent=2))
   logging.info("Wrote %d rounds to %s (%.1f s this run).", rounds_run, out_dir, seconds)
   return summary
 
 
+def _warn_filter_steps(tdas, steps):
+  """A filter file fitted for N' steps, used at another number of steps, gets a warning."""
+  fitted = tdas.filter_steps
+  if tdas.enabled and fitted and int(fitted) != int(steps):
+    logging.warning("The TDAS filter file %s was calibrated for %d steps; this run takes %d. "
+                    "Its gains fit the deviation at %d steps only: calibrate for %d "
+                    "(--mode calibrate --config.calibrate.steps=%d).", tdas.filter_file,
+                    fitted, steps, fitted, steps, steps)
+
+
 def evaluate(config, workdir, eval_folder="eval"):
   """FID, KID, IS and frequency deviation of <workdir>/<eval_folder>/samples_*.npz -> metrics.json.
 
+  `config.eval.samples_path` evaluates another tool's samples instead: an `arr_0` / `samples`
+  .npz or a folder of PNG / JPEG images (metrics.json still goes to <workdir>/<eval_folder>/).
   Against the data's Inception statistics (config.eval.stats_file, default
   <workdir>/stats/<dataset>_<size>.npz) with the FID Inception weights (config.eval.
   inception_weights or $TDAS_INCEPTION_WEIGHTS). metrics.json is written atomically; a rerun
@@ -138,7 +214,9 @@ def evaluate(config, workdir, eval_folder="eval"):
     logging.info("Process %d: evaluation runs on process 0 only.", jax.process_index())
     return None
   out_dir = os.path.join(workdir, eval_folder)
-  result = evaluation.evaluate_folder(config, workdir, out_dir)
+  samples_path = str(config.eval.get("samples_path", "") or "") or out_dir
+  sample_rounds.check_writable(out_dir)
+  result = evaluation.evaluate_folder(config, workdir, samples_path)
   path = os.path.join(out_dir, "metrics.json")
   atomic_write_text(path, json.dumps(result, indent=2))
   kid, score = result["kid"], result["inception_score"]
@@ -167,6 +245,7 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
   config.sampling.tdas.filter_file; its frequency filter is the `calibrate.method` fit),
   calibration_<N'>.json and calibration_<N'>.png (+ samples_<N'>.png, behaviour_<N'>.png).
   """
+  validation.check_sde(config)
   devices.set_matmul_precision(config)
   settings = project_fields.section_with_defaults(config, "calibrate")
   if str(config.sampling.method).lower() == "ode":
@@ -188,7 +267,9 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
   num_bins = int(settings.num_bins)
   if num_bins < 1:
     raise ValueError(f"config.calibrate.num_bins={num_bins} must be >= 1.")
-  batch_size = int(settings.batch_size) or int(config.eval.batch_size)
+  batch_size = (validation.positive_int(settings, "batch_size", allow_zero=True,
+                                        name="config.calibrate.batch_size")
+                or validation.positive_int(config, "eval.batch_size"))
   seed = int(settings.seed)
   shape = tdas_settings.image_shape(config)
   out_dir = os.path.join(workdir, "calibration")
@@ -213,6 +294,10 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
       s_reference, s_accelerated, shape[2], transform, method, num_bins,
       tuple(settings.quantiles), float(settings.max_gain))
 
+  if result["one_zone"]["identity"]:
+    logging.warning("The one-zone rule found no outer band where the deviation at %d steps "
+                    "departs from 1 (its fit is the identity filter, r = 1, lambda = 1; "
+                    "calibration_%d.json records identity: true).", steps, steps)
   space = np.ones(shape, np.float32) if target.space is None else target.space
   fits = dict(zones=result["zones"], quantile=result["quantile"], one_zone=result["one_zone"],
               radial_gains=[float(g) for g in result["radial_gains"]])
@@ -354,4 +439,4 @@ MODES = {
 # The errors a mode raises for a user's mistake (a missing file, a bad config value, unusable
 # samples): main.py prints their message instead of a traceback. CheckpointError, DatasetError,
 # FilterFileError and TrainingError are ValueErrors.
-USER_ERRORS = (FileNotFoundError, ValueError, factory.SamplingError)
+USER_ERRORS = (FileNotFoundError, PermissionError, ValueError, factory.SamplingError)

@@ -116,8 +116,10 @@ class VESDE(SDE):
                        f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}.")
     self.sigma_min = sigma_min
     self.sigma_max = sigma_max
-    # Geometric grid, index 0 = sigma_min (the discrete SMLD noise levels).
-    self.discrete_sigmas = jnp.exp(jnp.linspace(np.log(sigma_min), np.log(sigma_max), self.N))
+    # Geometric grid, index 0 = sigma_min (the discrete SMLD noise levels): the log-grid in
+    # float64 as score_sde builds it, then exp in float32. A float32 linspace would be ~5e-7 off,
+    # which sqrt(sigma_i^2 - sigma_{i-1}^2) magnifies to ~1e-4 at N = 2000.
+    self.discrete_sigmas = jnp.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), self.N))
 
   def _sigma(self, t):
     return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
@@ -230,5 +232,7 @@ def get_sde(config, num_steps=None) -> SDE:
     raise ValueError(f"config.training.sde={config.training.sde!r} is not one of {sorted(_SDES)}.")
   N = config.model.num_scales if num_steps is None else num_steps
   if name == "vesde":
-    return VESDE(sigma_min=config.model.sigma_min, sigma_max=config.model.sigma_max, N=N)
-  return _SDES[name](beta_min=config.model.beta_min, beta_max=config.model.beta_max, N=N)
+    return VESDE(sigma_min=float(config.model.sigma_min), sigma_max=float(config.model.sigma_max),
+                 N=N)
+  return _SDES[name](beta_min=float(config.model.beta_min), beta_max=float(config.model.beta_max),
+                     N=N)

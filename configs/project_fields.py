@@ -26,6 +26,9 @@ _SAMPLING_DEFAULTS = dict(
     matmul_precision='highest',
     # With TDAS on, also sample the first batch without it (same seed): vanilla_vs_tdas.png.
     vanilla_comparison=True,
+    # Also write every sample as one arr0_<N>x<H>x<W>x<C>.npz (`arr_0`, uint8 NHWC), the file
+    # guided-diffusion's and EDM's evaluators read.
+    export_arr0=False,
     # Multi-host (pods): jax.distributed.initialize when an address is set.
     distributed=dict(coordinator_address='', num_processes=0, process_id=-1),
     # Probability-flow ODE sampler (diffrax).
@@ -93,6 +96,8 @@ _DATA_DEFAULTS = dict(
 # `config.eval` (score_sde's section, extended): `--mode eval` (FID / KID / IS, frequency
 # deviation) and the Inception statistics `--mode stats` writes.
 _EVAL_DEFAULTS = dict(
+    samples_path='',           # what --mode eval reads: '' = <workdir>/<eval_folder> (rounds);
+                               # or a .npz (`samples` or `arr_0`, uint8 NHWC) or an image folder
     stats_file='',             # data's Inception statistics; '' = <workdir>/stats/<dataset>_<size>.npz
     frequency_stats_file='',   # .npz with `dct_amplitude` (H, W); '' = stats/frequency_<stem>.npz
     inception_weights='',      # pt_inception-2015-12-05-6726825d.pth or .npz; '' = env/default

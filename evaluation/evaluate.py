@@ -12,6 +12,7 @@ from absl import logging
 
 from evaluation import inception as inception_lib
 from evaluation import metrics
+import sample_rounds
 from evaluation import statistics
 from tdas import files as tdas_files
 from tdas import stats as tdas_stats
@@ -37,6 +38,25 @@ def frequency_reference(config, workdir: str, stats: Dict[str, Any]
       return None
     field = "the default frequency statistics (<workdir>/stats/)"
   return dict(path=path, maps=tdas_files.read_frequency(path, field))
+
+
+def _common_fingerprint(files) -> Optional[Dict[str, Any]]:
+  """The sampling fingerprint the round files share (without the round), or None when they
+  record none; files recorded with different settings are a ValueError naming the fields."""
+  common, first = None, None
+  for path in files:
+    recorded = sample_rounds.read_fingerprint(path) if path.endswith(".npz") else None
+    if recorded is None:
+      continue
+    recorded = {k: v for k, v in recorded.items() if k != "round"}
+    if common is None:
+      common, first = recorded, path
+    elif recorded != common:
+      lines = sample_rounds.differences(common, recorded)
+      raise ValueError(f"{path!r} was sampled with other settings than {first!r} ("
+                       f"{'; '.join(lines[:6])}): the folder mixes two runs; evaluate each "
+                       "run's own --eval_folder.")
+  return common
 
 
 def _subset(features: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -69,15 +89,22 @@ def evaluate_folder(config, workdir: str, folder: str, extractor=None,
   start_time = time.time()
   evaluate = config.eval
   files = statistics.sample_files(folder)
+  sampling_fingerprint = _common_fingerprint(files)
+  image_shape = statistics.read_samples(files[0]).shape[1:]
   stats_file = statistics.stats_path_for_config(config, workdir)
   stats = statistics.load_statistics(stats_file)
   stats["path"] = stats_file
+  recorded_size = stats.get("image_size")
+  if recorded_size and recorded_size.isdigit() and int(recorded_size) != image_shape[0]:
+    raise ValueError(f"The samples in {folder!r} are {image_shape[0]} px, the statistics file "
+                     f"{stats_file!r} was recorded for {recorded_size} px images: point "
+                     "config.eval.stats_file at the statistics of this image size.")
   if stats["mu"].shape != (inception_lib.FEATURE_DIM,):
     raise ValueError(f"Statistics file {stats_file!r} holds {stats['mu'].shape[0]}-d features; "
                      f"FID uses the {inception_lib.FEATURE_DIM}-d pool_3 features.")
   frequency = frequency_reference(config, workdir, stats)
   if frequency is not None:
-    image_size = statistics.read_samples(files[0]).shape[1:3]
+    image_size = image_shape[:2]
     for transform, data_map in frequency["maps"].items():
       if data_map.shape != image_size:
         raise ValueError(f"The frequency statistics {frequency['path']!r} are of {data_map.shape} "
@@ -154,6 +181,7 @@ def evaluate_folder(config, workdir: str, folder: str, extractor=None,
       frequency_deviation=frequency_deviation,
       num_samples=int(total), image_shape=[int(s) for s in shapes[0]],
       sample_files=[os.path.basename(f) for f in files],
+      sampling_fingerprint=sampling_fingerprint,
       stats_file=os.path.abspath(stats_file), stats_layout=stats["layout"],
       stats_num_images=stats["num_images"],
       frequency_stats_file=(os.path.abspath(frequency["path"])

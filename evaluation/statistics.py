@@ -239,55 +239,97 @@ def load_statistics(path: str, field: str = "config.eval.stats_file") -> Dict[st
 # Sample folders
 
 _SAMPLE_FILE = re.compile(r"samples_(\d+)(?:_host(\d+))?\.npz$")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Image files read per batch of an image folder.
+_IMAGES_PER_BATCH = 256
 
 
-def sample_files(folder: str) -> List[str]:
-  """Every `samples_*.npz` in `folder`, by round then host (samples_2 before samples_10).
+def sample_files(path: str) -> List[str]:
+  """The sample files `--mode eval` reads from `path`, in order.
 
-  Raises FileNotFoundError when the folder or the files are missing.
+  `path` is a `.npz` file (`samples` or `arr_0`, uint8 NHWC), or a folder: its round files
+  `samples_<round>[_host<p>].npz` (by round, then host: samples_2 before samples_10) if it has
+  any, else its other `.npz` files (e.g. another tool's `arr_0` file), else its PNG / JPEG images
+  (sorted by name). Raises FileNotFoundError when there is nothing to read.
   """
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f"Sample folder {folder!r} does not exist: draw samples with "
-                            "`--mode sample` (same --workdir and --eval_folder) first.")
-  files = glob.glob(os.path.join(folder, "samples_*.npz"))
-
-  def order(path):
-    match = _SAMPLE_FILE.search(os.path.basename(path))
-    if match is None:
-      return (1, 0, 0, os.path.basename(path))
-    return (0, int(match.group(1)), int(match.group(2) or 0), "")
-
-  if not files:
-    raise FileNotFoundError(f"No samples_*.npz in {folder!r}: draw samples with `--mode sample` "
-                            "(same --workdir and --eval_folder) first.")
-  return sorted(files, key=order)
+  if os.path.isfile(path):
+    return [path]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"Sample folder {path!r} does not exist: draw samples with "
+                            "`--mode sample` (same --workdir and --eval_folder) first, or point "
+                            "config.eval.samples_path at a .npz or an image folder.")
+  rounds = [f for f in glob.glob(os.path.join(path, "samples_*.npz"))
+            if _SAMPLE_FILE.search(os.path.basename(f))]
+  if rounds:
+    def order(name):
+      match = _SAMPLE_FILE.search(os.path.basename(name))
+      return int(match.group(1)), int(match.group(2) or 0)
+    return sorted(rounds, key=order)
+  others = sorted(glob.glob(os.path.join(path, "*.npz")))
+  if others:
+    return others
+  pictures = sorted(os.path.join(path, f) for f in os.listdir(path)
+                    if f.lower().endswith(IMAGE_SUFFIXES))
+  if pictures:
+    return pictures
+  raise FileNotFoundError(f"No samples in {path!r} (no samples_*.npz, other .npz or PNG/JPEG "
+                          "images): draw samples with `--mode sample` (same --workdir and "
+                          "--eval_folder) first.")
 
 
 def read_samples(path: str) -> np.ndarray:
-  """The uint8 (N, H, W, C) array `samples` of one sample file (C = 1 or 3)."""
+  """The uint8 (N, H, W, C) images of one sample file (C = 1 or 3): `samples` (this project)
+  or `arr_0` (guided-diffusion / EDM) of an .npz, or one PNG / JPEG image (N = 1)."""
+  if path.lower().endswith(IMAGE_SUFFIXES):
+    return _read_picture(path)[None]
   try:
     with np.load(path, allow_pickle=False) as data:
-      if "samples" not in data.files:
-        raise ValueError(f"Sample file {path!r} has no `samples` array (it holds {data.files}).")
-      samples = data["samples"]
+      key = next((k for k in ("samples", "arr_0") if k in data.files), None)
+      if key is None:
+        raise ValueError(f"Sample file {path!r} has neither `samples` nor `arr_0` (it holds "
+                         f"{data.files}).")
+      samples = data[key]
   except ValueError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"Sample file {path!r} is not a readable .npz (truncated or damaged?): "
                      f"{type(e).__name__}: {e}") from e
+  if samples.ndim == 3:  # (N, H, W): grey images
+    samples = samples[..., None]
   if samples.dtype != np.uint8 or samples.ndim != 4 or samples.shape[-1] not in (1, 3):
-    raise ValueError(f"Sample file {path!r}: `samples` is {samples.dtype} {samples.shape}; "
+    raise ValueError(f"Sample file {path!r}: `{key}` is {samples.dtype} {samples.shape}; "
                      "expected uint8 (N, H, W, 1 or 3) as `--mode sample` writes.")
   return samples
 
 
+def _read_picture(path: str) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as picture:
+      picture = picture.convert("L") if picture.mode in ("L", "I", "I;16", "1") else \
+          picture.convert("RGB")
+      image = np.asarray(picture, np.uint8)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"Image {path!r} cannot be read ({type(e).__name__}: {e}).") from e
+  return image[..., None] if image.ndim == 2 else image
+
+
 def iterate_samples(files: Sequence[str]) -> Iterator[np.ndarray]:
-  """Yields each file's samples in turn, checking that all have one image shape."""
-  shape = None
+  """Yields the files' images in batches (one per .npz; image files in groups), checking that
+  all have one image shape."""
+  shape, pictures = None, []
   for path in files:
-    samples = read_samples(path)
-    if shape is not None and samples.shape[1:] != shape:
-      raise ValueError(f"Sample file {path!r} holds {samples.shape[1:]} images, the earlier "
+    images = read_samples(path)
+    if shape is not None and images.shape[1:] != shape:
+      raise ValueError(f"Sample file {path!r} holds {images.shape[1:]} images, the earlier "
                        f"files {shape}.")
-    shape = samples.shape[1:]
-    yield samples
+    shape = images.shape[1:]
+    if not path.lower().endswith(IMAGE_SUFFIXES):
+      yield images
+      continue
+    pictures.append(images)
+    if len(pictures) == _IMAGES_PER_BATCH:
+      yield np.concatenate(pictures)
+      pictures = []
+  if pictures:
+    yield np.concatenate(pictures)

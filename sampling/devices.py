@@ -7,6 +7,7 @@ them. On a pod, call `initialize_distributed` first: the mesh then spans every h
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
@@ -56,6 +57,25 @@ def local_rows(array) -> np.ndarray:
       seen.add(start)
       rows.append(np.asarray(shard.data))
   return np.concatenate(rows, axis=0)
+
+
+def local_row_indices(sharding, shape) -> np.ndarray:
+  """The global batch indices of the rows `local_rows` returns for an array of `shape` placed
+  with `sharding`, in the same order: (rows on this host,) int."""
+  if sharding is None:
+    return np.arange(shape[0])
+  starts = {}
+  for index in sharding.addressable_devices_indices_map(tuple(shape)).values():
+    start, stop, _ = index[0].indices(shape[0])
+    starts[start] = stop
+  return np.concatenate([np.arange(start, starts[start]) for start in sorted(starts)])
+
+
+def all_processes(flag: bool) -> bool:
+  """Whether `flag` holds on every process (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.all(multihost_utils.process_allgather(np.asarray([bool(flag)]))))
 
 
 def set_matmul_precision(config):

@@ -11,12 +11,12 @@ from sampling.interface import SAMPLERS, SampleResult, Sampler, SamplerSetup, co
 from sampling.noise import NoiseSource
 from sampling.predictors import ReverseDiffusion
 
-# name -> (solver class, new vector-field evaluations per step; FSAL solvers reuse one stage).
+# name -> diffrax solver class.
 SOLVERS = {
-    "tsit5": (diffrax.Tsit5, 6),
-    "dopri5": (diffrax.Dopri5, 6),
-    "bosh3": (diffrax.Bosh3, 3),
-    "heun": (diffrax.Heun, 2),
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+    "bosh3": diffrax.Bosh3,
+    "heun": diffrax.Heun,
 }
 
 
@@ -32,8 +32,10 @@ class ODESampler(Sampler):
     max_steps: the solver gives up (an error) after this many steps.
 
   `sample(rng, variables, tdas)` returns SampleResult(samples, nfe) with nfe the number of score
-  evaluations (solver stages per step times steps, plus the initial one and the denoising step).
-  TDAS can only colour the initial sample here: the ODE adds no noise.
+  evaluations, counted as they run (every stage of accepted and rejected steps, the solver's
+  first evaluation, and the denoising step): an adaptive solver's count is not a formula of its
+  steps that one can trust across solvers. TDAS can only colour the initial sample here: the ODE
+  adds no noise.
   """
 
   def __init__(self, setup: SamplerSetup, solver: str = "tsit5", rtol: float = 1e-5,
@@ -46,7 +48,7 @@ class ODESampler(Sampler):
     self.setup = setup
     self.sde = setup.sde
     self.shape = tuple(setup.shape)
-    self.solver_cls, self.evaluations_per_step = SOLVERS[solver]
+    self.solver_cls = SOLVERS[solver]
     self.rtol, self.atol = rtol, atol
     self.denoise = denoise
     self.max_steps = max_steps
@@ -63,8 +65,14 @@ class ODESampler(Sampler):
                denoise=config.sampling.noise_removal)
 
   def sample(self, rng, variables, tdas=None) -> SampleResult:
-    x, nfe = self._sample(rng, variables, coloring_of(tdas))
-    return SampleResult(x, nfe)
+    self._evaluations = 0
+    x = self._sample(rng, variables, coloring_of(tdas))
+    jax.block_until_ready(x)
+    jax.effects_barrier()  # every evaluation's callback has run
+    return SampleResult(x, self._evaluations)
+
+  def _count_evaluation(self):
+    self._evaluations += 1
 
   def _sample_impl(self, rng, variables, coloring):
     score_fn = self.setup.score_fn_builder(variables)
@@ -76,6 +84,7 @@ class ODESampler(Sampler):
 
     def vector_field(t, x, args):
       del args
+      jax.debug.callback(self._count_evaluation)  # one score evaluation (the NFE count)
       return ode.sde(x, jnp.full((batch,), t))[0]
 
     solution = diffrax.diffeqsolve(
@@ -83,13 +92,12 @@ class ODESampler(Sampler):
         dt0=None, y0=x, stepsize_controller=diffrax.PIDController(rtol=self.rtol, atol=self.atol),
         max_steps=self.max_steps, saveat=diffrax.SaveAt(t1=True))
     x = solution.ys[-1]
-    nfe = solution.stats["num_steps"] * self.evaluations_per_step + 1
     if self.denoise:
       # One noiseless reverse-diffusion step at eps removes the remaining noise (score_sde).
+      jax.debug.callback(self._count_evaluation)
       _, x, _ = ReverseDiffusion(self.sde, score_fn).update(
           x, jnp.full((batch,), self.setup.eps), _NoNoise(x))
-      nfe = nfe + 1
-    return x, nfe
+    return x
 
 
 class _NoNoise:

@@ -151,7 +151,8 @@ def fit_one_zone_filter(centres, deviation, tolerance: float = 0.01) -> dict:
   Args:
     centres, deviation: (K,) a radial profile of Dev (`radial_profile`); NaN bins are ignored.
   Returns:
-    dict(r, lambda).
+    dict(r, lambda, identity): `identity` True when no outer band departs (the last bin's Dev
+    is within `tolerance` of 1): r = 1, lambda = 1 is then the identity filter, not a fit.
   """
   centres, deviation = np.asarray(centres, np.float64), np.asarray(deviation, np.float64)
   valid = np.isfinite(deviation) & (deviation > 0)
@@ -162,9 +163,9 @@ def fit_one_zone_filter(centres, deviation, tolerance: float = 0.01) -> dict:
   while start > 0 and departed[start - 1]:
     start -= 1
   if start == len(departed):
-    return dict(r=1.0, **{"lambda": 1.0})
+    return dict(r=1.0, identity=True, **{"lambda": 1.0})
   r = 0.0 if start == 0 else float((centres[start - 1] + centres[start]) / 2)
-  return dict(r=r, **{"lambda": float(1.0 / np.mean(deviation[start:]))})
+  return dict(r=r, identity=False, **{"lambda": float(1.0 / np.mean(deviation[start:]))})
 
 
 def check_method(method: str) -> str:

@@ -42,6 +42,7 @@ class TDAS:
       (`tdas.init_mean`), or None.
     precondition_drift: PDS: the PC drift and Langevin gradient are preconditioned by M Mᵀ too.
     pds_masks: (space mask file, frequency mask file, alpha) when the filters are PDS's masks.
+    filter_steps: the N' a `--mode calibrate` filter file was fitted for (0 = unknown / none).
   """
   enabled: bool = False
   transform: str = "dct"
@@ -56,6 +57,7 @@ class TDAS:
   init_mean: Optional[np.ndarray] = None
   precondition_drift: bool = False
   pds_masks: Optional[Tuple[str, str, float]] = None
+  filter_steps: int = 0
 
   def __post_init__(self):
     check_transform(self.transform)
@@ -168,6 +170,7 @@ def resolve(config) -> TDAS:
                  tdas.preset, transform, tdas.r1, tdas.r2, tdas.lambda1, tdas.lambda2)
   shape = image_shape(config)
   space = freq = zones = space_map = pds_masks = None
+  filter_steps = 0
   if tdas.get("pds_space_mask", "") or tdas.get("pds_freq_mask", ""):
     if tdas.filter_file:
       raise ValueError("config.sampling.tdas.filter_file and the PDS masks "
@@ -195,6 +198,8 @@ def resolve(config) -> TDAS:
           f"but config.sampling.tdas.transform={transform!r}; set the transform to {made_with!r}.")
     freq = file_freq if tdas.use_frequency else None
     space = file_space if tdas.use_space else None
+    if isinstance(info, dict) and info.get("steps"):
+      filter_steps = int(info["steps"])
   else:
     zones = (tdas.r1, tdas.r2, tdas.lambda1, tdas.lambda2)
     if tdas.use_frequency:
@@ -213,4 +218,4 @@ def resolve(config) -> TDAS:
               preset=tdas.get("preset", ""), filter_file=tdas.filter_file,
               space_file=tdas.space_file, zones=zones, space_map=space_map, init_mean=init_mean,
               precondition_drift=bool(tdas.get("precondition_drift", False)),
-              pds_masks=pds_masks)
+              pds_masks=pds_masks, filter_steps=filter_steps)

@@ -1,0 +1,281 @@
+"""The round files of `--mode sample`: what each one records, which ones can be kept, who samples
+which round.
+
+A round file `<folder>/samples_<round>[_host<p>].npz` holds `samples` (uint8 NHWC, this host's
+rows of the round) and `fingerprint`, a JSON object of everything that determines those rows: the
+network's variables (a SHA-256 of their bytes), the model, SDE, sampler and TDAS settings, the
+filters' bytes, the seed, the batch shape and the round. A rerun keeps a round only when it reads
+back whole with the fingerprint of this run; a round that is damaged, lacks a fingerprint (written
+before fingerprints existed) or holds too few rows is sampled again; a round with another
+fingerprint stops the run (`FingerprintMismatch`) unless the caller discards such rounds.
+
+Several processes can sample into one folder at once: each round is claimed through an exclusive
+`flock` on `.samples_<round>.lock` before it is sampled, so every round is sampled by one
+process. The kernel drops the lock of a process that dies, so a killed run's rounds are free
+again at once; a process that found rounds held by another waits for them at the end and samples
+any whose holder died without writing it.
+"""
+import contextlib
+import errno
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import socket
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from atomic_io import atomic_savez
+
+ROUND_FILE = re.compile(r"samples_(\d+)(?:_host(\d+))?\.npz$")
+
+# The sampling fields that do not change the samples or enter otherwise: where the checkpoint is
+# found (its variables' hash is recorded), how N' is asked for (N' itself is), and TDAS's fields
+# (recorded as resolved, with the filters' bytes).
+_UNFINGERPRINTED_SAMPLING = ("distributed", "vanilla_comparison", "checkpoint_dir",
+                             "checkpoint_step", "num_steps", "speedup", "speedup_rule", "tdas",
+                             "export_arr0")
+
+
+class FingerprintMismatch(ValueError):
+  """Round files in the folder were sampled with other settings than this run's."""
+
+
+def round_path(folder: str, round_index: int, suffix: str = "") -> str:
+  return os.path.join(folder, f"samples_{round_index}{suffix}.npz")
+
+
+def _json_ready(value):
+  if isinstance(value, (bool, str)) or value is None:
+    return value
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    value = float(value)
+    return value if np.isfinite(value) else str(value)
+  if isinstance(value, (tuple, list)):
+    return [_json_ready(v) for v in value]
+  return str(value)
+
+
+def _flat_fields(section, prefix: str, skip=()) -> Dict[str, Any]:
+  fields = {}
+  for key, value in section.items():
+    if key in skip:
+      continue
+    if hasattr(value, "items"):
+      fields.update(_flat_fields(value, f"{prefix}{key}.", ()))
+    else:
+      fields[f"{prefix}{key}"] = _json_ready(value)
+  return fields
+
+
+def array_digest(arrays) -> str:
+  """SHA-256 (hex) of a sequence of arrays' dtypes, shapes and bytes, in order."""
+  digest = hashlib.sha256()
+  for array in arrays:
+    array = np.ascontiguousarray(np.asarray(array))
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def fingerprint(config, variables, tdas, shape, steps: int, eps: float,
+                process_count: int = 1) -> Dict[str, Any]:
+  """Everything that determines a round's samples, as a flat JSON-ready dict.
+
+  Args:
+    config: the run's config (its model, SDE, sampling and data fields are recorded).
+    variables: the network's variables (host arrays or jax arrays): recorded by their SHA-256.
+    tdas: the resolved `tdas.settings.TDAS`: its settings and the bytes of its filters.
+    shape: (B, H, W, C) of one global batch.
+    steps, eps: the sampler's resolved number of steps and end time.
+    process_count: the number of processes sharing each round (each writes its own rows).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree_util.tree_leaves(variables)
+  fields = {"variables_sha256": array_digest(leaves)}
+  fields.update(_flat_fields(config.model, "model."))
+  for key in ("sde", "continuous"):
+    fields[f"training.{key}"] = _json_ready(config.training.get(key))
+  for key in ("image_size", "num_channels", "centered"):
+    fields[f"data.{key}"] = _json_ready(config.data.get(key))
+  fields.update(_flat_fields(config.sampling, "sampling.", _UNFINGERPRINTED_SAMPLING))
+  for key, value in tdas.describe().items():
+    if not key.endswith(("_file", "_mask")):  # where a filter came from; its bytes count
+      fields[f"tdas.{key}"] = _json_ready(value)
+  if tdas.enabled:
+    for name in ("space", "freq", "init_mean"):
+      array = getattr(tdas, name)
+      fields[f"tdas.{name}_sha256"] = None if array is None else array_digest([array])
+  fields.update({"batch_shape": [int(s) for s in shape], "steps": int(steps),
+                 "eps": float(eps), "process_count": int(process_count)})
+  return fields
+
+
+def differences(recorded: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+  """'field: recorded -> current' for every field that differs (missing fields show as None)."""
+  lines = []
+  for key in sorted(set(recorded) | set(current)):
+    if recorded.get(key) != current.get(key):
+      lines.append(f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}")
+  return lines
+
+
+def read_round(path: str, rows: Optional[int] = None):
+  """(samples, fingerprint dict or None, problem or None) of one round file.
+
+  `problem` says why the file cannot be kept as it is: unreadable, no `samples`, fewer than
+  `rows` rows. A file without a fingerprint reads with fingerprint None and no problem.
+  """
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      samples = data["samples"]
+      recorded = json.loads(str(data["fingerprint"])) if "fingerprint" in data.files else None
+  except Exception as e:  # pylint: disable=broad-except
+    return None, None, f"it does not read back ({type(e).__name__}: {e})"
+  if samples.dtype != np.uint8 or samples.ndim != 4:
+    return None, recorded, f"its samples are {samples.dtype} {samples.shape}"
+  if rows is not None and samples.shape[0] != rows:
+    return samples, recorded, f"it holds {samples.shape[0]} rows, this run needs {rows}"
+  return samples, recorded, None
+
+
+def read_fingerprint(path: str) -> Optional[Dict[str, Any]]:
+  """The fingerprint a sample file records, or None (no fingerprint, or not our file)."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      if "fingerprint" not in data.files:
+        return None
+      recorded = json.loads(str(data["fingerprint"]))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return recorded if isinstance(recorded, dict) else None
+
+
+def write_round(path: str, samples: np.ndarray, fields: Dict[str, Any], round_index: int):
+  """Writes one round atomically with its fingerprint (and round number)."""
+  recorded = dict(fields, round=int(round_index))
+  atomic_savez(path, samples=samples, fingerprint=np.asarray(json.dumps(recorded,
+                                                                        sort_keys=True)))
+
+
+def host_round_files(folder: str, suffix: str) -> Dict[int, str]:
+  """{round: path} of this host's round files in `folder`."""
+  found = {}
+  for path in glob.glob(os.path.join(folder, "samples_*.npz")):
+    match = ROUND_FILE.search(os.path.basename(path))
+    if match is None:
+      continue
+    host = "" if match.group(2) is None else f"_host{match.group(2)}"
+    if host == suffix:
+      found[int(match.group(1))] = path
+  return found
+
+
+def check_folder(folder: str, suffix: str, fields: Dict[str, Any], discard: bool,
+                 log=None) -> List[int]:
+  """Checks this host's existing rounds against this run's fingerprint before any sampling.
+
+  Rounds recorded with another fingerprint raise FingerprintMismatch listing the fields that
+  differ, or, with `discard`, are deleted (their numbers are returned). Rounds without a
+  fingerprint or damaged are left for the sampling loop to replace.
+  """
+  mismatched, first_differences = [], None
+  for round_index, path in sorted(host_round_files(folder, suffix).items()):
+    recorded = read_fingerprint(path)
+    if recorded is None:
+      continue
+    recorded = {k: v for k, v in recorded.items() if k != "round"}
+    lines = differences(recorded, fields)
+    if lines:
+      mismatched.append(round_index)
+      first_differences = first_differences or lines
+  if not mismatched:
+    return []
+  if not discard:
+    shown = "; ".join(first_differences[:6])
+    more = f"; +{len(first_differences) - 6} more" if len(first_differences) > 6 else ""
+    raise FingerprintMismatch(
+        f"{folder} holds {len(mismatched)} round(s) (samples_{mismatched[0]}{suffix}.npz, ...) "
+        f"sampled with other settings than this run ({shown}{more}): sample into another "
+        "folder (--eval_folder=NAME), or rerun with --discard_rounds to delete those rounds and "
+        "sample them again.")
+  for round_index in mismatched:
+    os.remove(round_path(folder, round_index, suffix))
+  if log is not None:
+    log(f"Discarded {len(mismatched)} round(s) of {folder} sampled with other settings.")
+  return mismatched
+
+
+class RoundClaims:
+  """Exclusive claims on rounds of one folder, shared by every process that samples into it.
+
+  `claim(path)` returns a held claim (a context manager) or None when a live process holds the
+  round; `wait(path)` blocks until the round is free.
+  """
+
+  def __init__(self, folder: str):
+    self.folder = folder
+
+  def _lock_path(self, path: str) -> str:
+    return os.path.join(self.folder, "." + os.path.basename(path)[:-len(".npz")] + ".lock")
+
+  @contextlib.contextmanager
+  def _held(self, handle, lock_path):
+    try:
+      os.ftruncate(handle, 0)
+      os.write(handle, f"{socket.gethostname()} pid {os.getpid()}\n".encode())
+      yield
+    finally:
+      with contextlib.suppress(OSError):
+        os.remove(lock_path)
+      fcntl.flock(handle, fcntl.LOCK_UN)
+      os.close(handle)
+
+  def claim(self, path: str, block: bool = False):
+    """A claim on the round of `path`, or None when another live process holds it."""
+    lock_path = self._lock_path(path)
+    while True:
+      handle = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+      try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+      except OSError as e:
+        os.close(handle)
+        if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+          return None
+        raise
+      # The holder before us may have removed the lock file after we opened it: then our lock
+      # is on a file no one else sees; take the one at the path instead.
+      try:
+        same = os.stat(lock_path).st_ino == os.fstat(handle).st_ino
+      except FileNotFoundError:
+        same = False
+      if same:
+        return self._held(handle, lock_path)
+      fcntl.flock(handle, fcntl.LOCK_UN)
+      os.close(handle)
+
+  def holder(self, path: str) -> str:
+    """Who holds the round (the lock file's text), for the log."""
+    try:
+      with open(self._lock_path(path)) as f:
+        return f.read().strip() or "another process"
+    except OSError:
+      return "another process"
+
+
+def check_writable(folder: str):
+  """Raises PermissionError naming `folder` when files cannot be created in it."""
+  try:
+    os.makedirs(folder, exist_ok=True)
+    probe = os.path.join(folder, f".write_test_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"Cannot write into {folder!r} ({e.strerror or e}): choose a "
+                          "writable --workdir / --eval_folder.") from e
