@@ -162,14 +162,18 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
       if not finished(r, path):
         draw(r, path)
 
+  # The pictures show process 0's rows (every process samples the vanilla batch: a collective).
   first = np.load(sample_rounds.round_path(out_dir, 0, suffix))["samples"][:64]
-  images.save_png(os.path.join(out_dir, "samples_grid.png"), images.image_grid(first))
+  writes_pictures = jax.process_index() == 0
+  if writes_pictures:
+    images.save_png(os.path.join(out_dir, "samples_grid.png"), images.image_grid(first))
   if tdas.enabled and config.sampling.vanilla_comparison:
     vanilla, _ = factory.run(sampler, jax.random.fold_in(seed_key, 0), variables,
                              tdas.without_filters(), progress_label="vanilla comparison")
     vanilla = images.to_uint8(vanilla, config.data.centered)[round_rows(0)][:64]
-    images.save_comparison(os.path.join(out_dir, "vanilla_vs_tdas.png"), vanilla, first,
-                           setup.sde.N, timing["nfe"])
+    if writes_pictures:
+      images.save_comparison(os.path.join(out_dir, "vanilla_vs_tdas.png"), vanilla, first,
+                             setup.sde.N, timing["nfe"])
   if config.sampling.get("export_arr0", False) and jax.process_count() == 1:
     export = images.export_arr0(out_dir, [sample_rounds.round_path(out_dir, r, suffix)
                                           for r in range(num_rounds)])

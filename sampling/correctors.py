@@ -2,11 +2,13 @@
 
 Noise comes only from the `sampling.noise.NoiseSource` passed in (one draw per corrector step,
 standard or TDAS-coloured); the step size uses the norm of the noise actually added. Norms are
-per-sample L2 norms averaged over the whole batch (across every device: the arrays are global),
-so the step does not depend on how the batch is split.
+per-sample L2 norms averaged over the whole batch (across every device: the arrays are global).
+The per-sample norms are gathered to every device before they are averaged, so the sum runs in
+one order whatever the split: one process with 4 devices and two with 2 give the same bits.
 """
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 import sde_lib
 from sampling.registry import Registry
@@ -14,9 +16,13 @@ from sampling.registry import Registry
 CORRECTORS = Registry("corrector", "config.sampling.corrector")
 
 
-def _batch_mean_norm(v):
-  """Mean over the batch of the per-sample L2 norms of v (B, ...)."""
-  return jnp.mean(jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1))
+def _batch_mean_norm(v, sharding=None):
+  """Mean over the batch of the per-sample L2 norms of v (B, ...); `sharding`, the batch's
+  NamedSharding (or None), is where the (B,) norms are gathered from before the mean."""
+  norms = jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1)
+  if sharding is not None:
+    norms = jax.lax.with_sharding_constraint(norms, NamedSharding(sharding.mesh, PartitionSpec()))
+  return jnp.mean(norms)
 
 
 class Corrector:
@@ -43,7 +49,7 @@ class Corrector:
     del noise
     return grad
 
-  def step_size(self, x, t, grad, z):
+  def step_size(self, x, t, grad, z, sharding=None):
     raise NotImplementedError
 
   def update(self, x, t, noise):
@@ -53,7 +59,7 @@ class Corrector:
       x, _, noise = carry
       grad = self.preconditioned(self.score_fn(x, t), noise)
       z, noise = noise.draw()
-      step = self.step_size(x, t, grad, z)
+      step = self.step_size(x, t, grad, z, getattr(noise, "sharding", None))
       x_mean = x + sde_lib.per_sample(step, x) * grad
       return x_mean + sde_lib.per_sample(jnp.sqrt(2.0 * step), x) * z, x_mean, noise
 
@@ -67,8 +73,8 @@ class LangevinCorrector(Corrector):
   def preconditioned(self, grad, noise):
     return noise.precondition(grad)
 
-  def step_size(self, x, t, grad, z):
-    ratio = self.snr * _batch_mean_norm(z) / _batch_mean_norm(grad)
+  def step_size(self, x, t, grad, z, sharding=None):
+    ratio = self.snr * _batch_mean_norm(z, sharding) / _batch_mean_norm(grad, sharding)
     return 2.0 * self._alpha(t) * ratio ** 2
 
 
@@ -76,7 +82,8 @@ class LangevinCorrector(Corrector):
 class AnnealedLangevinDynamics(Corrector):
   """Annealed Langevin dynamics of NCSN: eps = 2 alpha (snr std(t))²."""
 
-  def step_size(self, x, t, grad, z):
+  def step_size(self, x, t, grad, z, sharding=None):
+    del sharding
     std = self.sde.marginal_prob(x, t)[1]
     return 2.0 * self._alpha(t) * (self.snr * std) ** 2
 
