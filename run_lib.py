@@ -219,7 +219,8 @@ def evaluate(config, workdir, eval_folder="eval"):
     return None
   out_dir = os.path.join(workdir, eval_folder)
   samples_path = str(config.eval.get("samples_path", "") or "") or out_dir
-  sample_rounds.check_writable(out_dir)
+  if samples_path != out_dir or os.path.isdir(out_dir):  # (a missing folder: no samples, below)
+    sample_rounds.check_writable(out_dir)
   result = evaluation.evaluate_folder(config, workdir, samples_path)
   path = os.path.join(out_dir, "metrics.json")
   atomic_write_text(path, json.dumps(result, indent=2))

@@ -26,6 +26,7 @@ import re
 import socket
 from typing import Any, Dict, List, Optional
 
+import jax
 import numpy as np
 
 from atomic_io import atomic_savez
@@ -95,7 +96,6 @@ def fingerprint(config, variables, tdas, shape, steps: int, eps: float,
     steps, eps: the sampler's resolved number of steps and end time.
     process_count: the number of processes sharing each round (each writes its own rows).
   """
-  import jax  # pylint: disable=g-import-not-at-top
   leaves = jax.tree_util.tree_leaves(variables)
   fields = {"variables_sha256": array_digest(leaves)}
   fields.update(_flat_fields(config.model, "model."))

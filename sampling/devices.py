@@ -13,10 +13,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
                            process_id: int = -1):
-  """Starts multi-host JAX when a coordinator address is configured (no-op otherwise)."""
+  """Starts multi-host JAX when a coordinator address is configured (no-op otherwise).
+
+  'auto' lets JAX find the cluster itself (TPU pods, Slurm, Open MPI); 'host:port' names the
+  coordinator, with `num_processes` and `process_id` where the environment does not say them.
+  """
   if not coordinator_address:
     return
-  kwargs = dict(coordinator_address=coordinator_address)
+  kwargs = {} if coordinator_address == "auto" else dict(coordinator_address=coordinator_address)
   if num_processes > 0:
     kwargs.update(num_processes=num_processes, process_id=process_id)
   jax.distributed.initialize(**kwargs)
