@@ -77,3 +77,38 @@ def test_bad_config_value_is_one_clear_line(tmp_path):
   assert result.returncode != 0
   assert "Error: config.sampling.predictor='heun' is not a known predictor" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def _error_line(result):
+  """The one `Error: ...` line a user error ends with (exit status 1, no traceback)."""
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+  assert len(lines) == 1, result.stderr[-2000:]
+  return lines[0]
+
+
+def test_unknown_config_field_lists_the_close_names(tmp_path):
+  line = _error_line(_run("--config", "configs/analytic/ffhq32.py", "--workdir", str(tmp_path),
+                          "--mode", "sample", "--config.sampling.sed=3"))
+  assert "has no field 'sampling.sed'" in line and "sampling.seed" in line
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("def get_config(:\n", "cannot be loaded: SyntaxError"),
+    ("def get_config():\n  return undefined_name\n", "cannot be loaded: NameError"),
+], ids=["missing", "syntax_error", "name_error"])
+def test_missing_or_broken_config_file_is_one_line(tmp_path, content, message):
+  path = tmp_path / "config.py"
+  if content is not None:
+    path.write_text(content)
+  line = _error_line(_run("--config", str(path), "--workdir", str(tmp_path), "--mode", "check"))
+  assert message in line and "config.py" in line
+
+
+def test_empty_workdir_is_refused(tmp_path):
+  line = _error_line(_run("--config", "configs/analytic/ffhq32.py", "--workdir=", "--mode",
+                          "sample"))
+  assert "--workdir is empty" in line
+  assert not os.path.exists(os.path.join(REPO, "eval"))
