@@ -225,7 +225,7 @@ def is_pytorch_checkpoint(path: str) -> bool:
   return path.endswith(_PYTORCH_SUFFIXES) or pytorch_io.looks_like_pytorch_file(path)
 
 
-def load_checkpoint(path: str, config, step: Optional[int] = None):
+def load_checkpoint(path: str, config, step: Optional[int] = None, use_ema: bool = True):
   """Loads the sampling (EMA) weights of either release's checkpoint.
 
   Args:
@@ -233,6 +233,8 @@ def load_checkpoint(path: str, config, step: Optional[int] = None):
       (see `find_checkpoint`).
     config: the config whose model the weights must fit.
     step: the n to take from a folder; None or 0 = the newest.
+    use_ema: PyTorch files (score_sde_pytorch, ermongroup NCSNv2): the EMA weights (what their
+      samplers use) or, False, the raw training weights. NCSN v1 keeps one set.
   Returns:
     (variables, step) as `load_score_sde` / `load_score_sde_pytorch` / `load_trained` return them.
   """
@@ -240,7 +242,7 @@ def load_checkpoint(path: str, config, step: Optional[int] = None):
   if is_orbax_checkpoint(file):
     return load_trained(file, config)
   if is_pytorch_checkpoint(file):
-    return load_score_sde_pytorch(file, config)
+    return load_score_sde_pytorch(file, config, use_ema=use_ema)
   return load_score_sde(file, config=config)
 
 
@@ -274,21 +276,62 @@ def _listing(title: str, items, limit: int = _MAX_LISTED_DIFFERENCES) -> str:
   return f"  {len(items)} {title}: " + "; ".join(items[:limit]) + more
 
 
-def read_pytorch_state(path: str) -> dict:
-  """The top-level dict of a score_sde_pytorch checkpoint, checked for `model`, `ema`, `step`.
+ERMONGROUP_PREFIX = "ermongroup_"
 
-  Returns {'model': {name: array} (the state dict, 'module.' prefix kept), 'ema': {...},
-  'step': int, ...} with numpy arrays for tensors.
+
+def _tensor_dict(value) -> bool:
+  return (isinstance(value, dict) and bool(value)
+          and all(isinstance(v, np.ndarray) for v in value.values()))
+
+
+def _read_ermongroup_list(path: str, state: list) -> dict:
+  """The list an ermongroup runner saves, as the dict `read_pytorch_state` returns.
+
+  NCSN (ermongroup/ncsn `anneal_runner.py`): [state_dict, optimizer]; NCSNv2 (ermongroup/ncsnv2
+  `ncsn_runner.py`): [state_dict, optimizer, epoch, step] plus the EMA shadow {name: tensor}
+  (names without 'module.') when the config has `model.ema`.
+  """
+  if len(state) not in (2, 4, 5) or not _tensor_dict(state[0]):
+    raise CheckpointError(
+        f"PyTorch file {path!r} holds a list of {len(state)} items; an ermongroup runner's "
+        "checkpoint is [state_dict, optimizer] (NCSN) or [state_dict, optimizer, epoch, step"
+        "(, ema_shadow)] (NCSNv2), starting with a state dict of tensors.")
+  if len(state) == 2:
+    return dict(layout="ermongroup_ncsn", model=state[0], ema=None, step=-1)
+  try:
+    step = int(np.asarray(state[3]))
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"PyTorch file {path!r}: item 3 (the step) is {state[3]!r}, not an "
+                          "integer.") from e
+  shadow = state[4] if len(state) == 5 else None
+  if shadow is not None and not _tensor_dict(shadow):
+    raise CheckpointError(f"PyTorch file {path!r}: item 4 (the EMA shadow) is not a dict of "
+                          "tensors.")
+  return dict(layout="ermongroup_ncsnv2", model=state[0], ema=shadow, step=step)
+
+
+def read_pytorch_state(path: str) -> dict:
+  """A PyTorch checkpoint of either layout, as one dict.
+
+  score_sde_pytorch saves a dict with `model`, `ema` (`shadow_params`), `optimizer`, `step`; the
+  ermongroup NCSN / NCSNv2 runners save a list (see `_read_ermongroup_list`).
+
+  Returns {'layout': 'score_sde_pytorch' | 'ermongroup_ncsn' | 'ermongroup_ncsnv2', 'model':
+  {name: array} (the state dict, 'module.' prefix kept), 'ema': score_sde_pytorch's ema dict, the
+  NCSNv2 shadow {name: array} or None (no EMA kept), 'step': int (-1: not stored), ...}.
   """
   import pytorch_io  # pylint: disable=g-import-not-at-top
   try:
     state = pytorch_io.load(path)
   except pytorch_io.PyTorchFileError as e:
-    raise CheckpointError(f"Checkpoint file {path!r} cannot be read as a score_sde_pytorch "
+    raise CheckpointError(f"Checkpoint file {path!r} cannot be read as a PyTorch "
                           f"checkpoint: {e}") from e
+  if isinstance(state, (list, tuple)):
+    return _read_ermongroup_list(path, list(state))
   if not isinstance(state, dict):
     raise CheckpointError(f"PyTorch file {path!r} holds a {type(state).__name__}, not a "
-                          "score_sde_pytorch checkpoint (a dict with model, ema, step).")
+                          "score_sde_pytorch checkpoint (a dict with model, ema, step) or an "
+                          "ermongroup runner's list.")
   missing = [k for k in ("model", "ema", "step") if k not in state]
   if missing:
     raise CheckpointError(
@@ -308,6 +351,7 @@ def read_pytorch_state(path: str) -> dict:
   except (TypeError, ValueError) as e:
     raise CheckpointError(f"PyTorch file {path!r}: 'step' is {state['step']!r}, not an "
                           "integer.") from e
+  state["layout"] = "score_sde_pytorch"
   return state
 
 
@@ -357,6 +401,51 @@ def _ema_source(shadow, model, params_in_order, frozen):
                 f"follow the model's parameter order (first: {'; '.join(wrong[:3])})"]
 
 
+def _check_layout_fits(path: str, layout: str, config):
+  """A score_sde_pytorch file needs a score_sde config and an ermongroup runner's list an
+  ermongroup config (`model.name` 'ermongroup_*'): their networks compute differently."""
+  ermongroup_config = str(config.model.name).startswith(ERMONGROUP_PREFIX)
+  if layout == "score_sde_pytorch" and ermongroup_config:
+    raise CheckpointError(
+        f"Checkpoint {path!r} is a score_sde_pytorch checkpoint (a dict with model, ema, step), "
+        f"but config.model.name={config.model.name!r} is an ermongroup network, whose files are "
+        "the runners' lists: use a score_sde config (configs/ve/ncsn/, configs/ve/ncsnv2/).")
+  if layout.startswith(ERMONGROUP_PREFIX) and not ermongroup_config:
+    raise CheckpointError(
+        f"Checkpoint {path!r} is an ermongroup {layout[len(ERMONGROUP_PREFIX):].upper()} "
+        f"runner's checkpoint (a list), but config.model.name={config.model.name!r} is "
+        "score_sde's network, which computes differently: use its config under "
+        "configs/ermongroup/.")
+  expected = {"ermongroup_ncsn": ("ermongroup_ncsn",)}.get(layout)
+  if expected and config.model.name not in expected:
+    raise CheckpointError(
+        f"Checkpoint {path!r} is an NCSN v1 runner's checkpoint ([state_dict, optimizer]), but "
+        f"config.model.name={config.model.name!r}: use configs/ermongroup/ncsn_<dataset>.py.")
+
+
+def _named_ema_source(shadow, model, params_in_order):
+  """({torch key: EMA tensor}, problems): NCSNv2's EMA shadow, keyed by parameter name."""
+  shadow = {k[len("module."):] if k.startswith("module.") else k: v for k, v in shadow.items()}
+  missing = [k for k in params_in_order if k not in shadow]
+  extra = [k for k in shadow if k not in model]
+  wrong = [f"{k} {shadow[k].shape} vs {model[k].shape}" for k in params_in_order
+           if k in shadow and shadow[k].shape != model[k].shape]
+  problems = ([f"the EMA shadow lacks {len(missing)} parameters ({_short_list(missing)})"]
+              if missing else [])
+  problems += [f"the EMA shadow has {len(extra)} names the model lacks ({_short_list(extra)})"
+               ] if extra else []
+  problems += [f"{len(wrong)} EMA tensors are mis-shaped ({_short_list(wrong)})"] if wrong else []
+  if problems:
+    return None, problems
+  tensors = dict(model)
+  tensors.update({k: shadow[k] for k in params_in_order})
+  return tensors, []
+
+
+def _short_list(items, limit=3):
+  return ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
 def load_score_sde_pytorch(path: str, config, use_ema: bool = True):
   """Loads a score_sde_pytorch checkpoint (`torch.save` zip or legacy file) into flax variables.
 
@@ -390,6 +479,7 @@ def import_score_sde_pytorch(path: str, config, sources=("ema", "raw")) -> dict:
   if not os.path.isfile(file):
     raise FileNotFoundError(f"Checkpoint file {file!r} does not exist.")
   state = read_pytorch_state(file)
+  _check_layout_fits(file, state["layout"], config)
   model = _strip_module_prefix(state["model"], file)
   try:
     plan = torch_names.match(config, list(model))
@@ -427,9 +517,15 @@ def import_score_sde_pytorch(path: str, config, sources=("ema", "raw")) -> dict:
   result = {"step": state["step"], "file": file, "state": state}
   for source in sources:
     source_problems = []
-    if source == "ema":
+    if source == "ema" and state["layout"] == "score_sde_pytorch":
       tensors, source_problems = _ema_source(state["ema"]["shadow_params"], model,
                                              params_in_order, frozen)
+    elif source == "ema" and state["ema"] is not None:  # NCSNv2's shadow {name: tensor}
+      tensors, source_problems = _named_ema_source(state["ema"], model, params_in_order)
+    elif source == "ema":
+      # NCSN v1 (and NCSNv2 trained without EMA) keep one weight set: the runner samples with it.
+      logging.info("Checkpoint %s keeps no EMA weights; using its only weights.", file)
+      tensors = model
     elif source == "raw":
       tensors = model
     else:

@@ -7,6 +7,17 @@ Registered models (`config.model.name`):
 - 'ncsn'       (`NCSN`):       NCSN v1, the 'ncsnv2_64' layout with noise-conditional
                                InstanceNorm++ everywhere (one embedding row per noise level).
 
+The original PyTorch releases (github.com/ermongroup/ncsn, ermongroup/ncsnv2) compute three things
+differently from score_sde's JAX port; their networks are registered as they compute them:
+- 'ermongroup_ncsn' (`ErmongroupNCSN`): NCSN v1's CondRefineNetDilated;
+- 'ermongroup_ncsnv2' (`ErmongroupNCSNv2`): NCSNv2 (CIFAR-10, CelebA);
+- 'ermongroup_ncsnv2_deeper' (`ErmongroupNCSNv2Deeper`): NCSNv2Deeper (LSUN);
+- 'ermongroup_ncsnv2_deepest' (`ErmongroupNCSNv2Deepest`): NCSNv2Deepest (FFHQ).
+The differences: (1) in the 4-stage nets the third refine block is nf wide (2nf in score_sde
+JAX); (2) MSF's bilinear upsampling aligns corners (`align_corners=True`), score_sde JAX uses
+half-pixel centres; (3) InstanceNorm++ takes the unbiased variance of the channel means. Their
+outputs are not divided by sigma in NCSN v1 (`model.scale_by_sigma=False`).
+
 All are RefineNets: a ResNet backbone of `ResidualBlock`s in stages (two blocks per stage; the
 first block of each later stage has resample='down'; in the deepest two stages it is dilated
 (dilation 2, then 4) and keeps the resolution), then one `RefineBlock` per stage from the deepest
@@ -42,6 +53,8 @@ _BACKBONE_256 = ((1, None, 1), (2, 'down', 1), (2, 'down', 1), (2, 'down', 1), (
 _REFINE_64 = (2, 2, 2, 1)
 _REFINE_128 = (4, 2, 2, 1, 1)
 _REFINE_256 = (4, 2, 2, 2, 1, 1)
+# The ermongroup PyTorch 4-stage nets: refine3 is nf wide.
+_REFINE_64_ERMONGROUP = (2, 2, 1, 1)
 
 
 def _downsampling_factor(backbone):
@@ -49,7 +62,8 @@ def _downsampling_factor(backbone):
   return 2 ** sum(1 for _, resample, dilation in backbone if resample == 'down' and dilation == 1)
 
 
-def refinenet_score(config, x, labels, backbone, refine, conditional: bool):
+def refinenet_score(config, x, labels, backbone, refine, conditional: bool,
+                    pytorch_numerics: bool = False):
   """Forward pass shared by the NCSN RefineNets; call it inside a module's `nn.compact` method.
 
   Submodules are created in the released order (so they get the released names): Conv_0, the
@@ -62,12 +76,15 @@ def refinenet_score(config, x, labels, backbone, refine, conditional: bool):
     labels: (B,) int32 noise-level indices.
     backbone, refine: stage tables (see `_BACKBONE_*`, `_REFINE_*`).
     conditional: NCSN v1 (noise-conditional normalisation everywhere) instead of NCSNv2.
+    pytorch_numerics: compute as the ermongroup PyTorch code (align-corners upsampling in MSF,
+      unbiased channel-mean variance in InstanceNorm++).
   Returns:
     (B, H, W, C) float32.
   """
   nf = config.model.nf
   act = get_act(config)
-  normalizer = get_normalization(config, conditional=conditional)
+  normalizer = get_normalization(config, conditional=conditional,
+                                 channel_means_ddof=1 if pytorch_numerics else 0)
   interpolation = config.model.interpolation
   resize_method(interpolation)  # fail early, naming the config field
   factor = _downsampling_factor(backbone)
@@ -84,7 +101,8 @@ def refinenet_score(config, x, labels, backbone, refine, conditional: bool):
     return ResidualBlock(features, **kwargs)(h)
 
   def refine_block(inputs, features, start, end):
-    kwargs = dict(act=act, interpolation=interpolation, start=start, end=end)
+    kwargs = dict(act=act, interpolation=interpolation, start=start, end=end,
+                  align_corners=pytorch_numerics)
     output_shape = tuple(inputs[0].shape[1:3])
     if conditional:
       block = CondRefineBlock(output_shape, features, normalizer=normalizer, **kwargs)
@@ -122,6 +140,7 @@ class _RefineNetScoreModel(nn.Module):
   backbone = _BACKBONE_64
   refine = _REFINE_64
   conditional = False
+  pytorch_numerics = False
   # These networks index a table of noise levels: labels are always int32 indices, even where a
   # released config says `training.continuous = True` (ve/ncsnv2/bedroom.py misspells the field).
   discrete_labels_only = True
@@ -129,7 +148,8 @@ class _RefineNetScoreModel(nn.Module):
   @nn.compact
   def __call__(self, x, labels, train: bool = True) -> Any:
     del train  # no dropout / batch statistics in these networks
-    return refinenet_score(self.config, x, labels, self.backbone, self.refine, self.conditional)
+    return refinenet_score(self.config, x, labels, self.backbone, self.refine, self.conditional,
+                           self.pytorch_numerics)
 
 
 @utils.register_model(name='ncsnv2_64')
@@ -161,3 +181,38 @@ class NCSNv2_256(_RefineNetScoreModel):  # pylint: disable=invalid-name
   """NCSNv2 for 128-256 px: 6 stages (nf, 2nf, 2nf, 2nf, 4nf dilated 2, 4nf dilated 4), H/8 deep."""
   backbone = _BACKBONE_256
   refine = _REFINE_256
+
+
+@utils.register_model(name='ermongroup_ncsn')
+class ErmongroupNCSN(_RefineNetScoreModel):
+  """NCSN v1 as github.com/ermongroup/ncsn computes it (`CondRefineNetDilated`): the 'ncsn'
+  layout with refine3 nf wide, align-corners MSF upsampling and unbiased channel-mean variance."""
+  backbone = _BACKBONE_64
+  refine = _REFINE_64_ERMONGROUP
+  conditional = True
+  pytorch_numerics = True
+
+
+@utils.register_model(name='ermongroup_ncsnv2')
+class ErmongroupNCSNv2(_RefineNetScoreModel):
+  """NCSNv2 as github.com/ermongroup/ncsnv2 computes it (CIFAR-10, CelebA): 'ncsnv2_64' with
+  refine3 nf wide, align-corners MSF upsampling and unbiased channel-mean variance."""
+  backbone = _BACKBONE_64
+  refine = _REFINE_64_ERMONGROUP
+  pytorch_numerics = True
+
+
+@utils.register_model(name='ermongroup_ncsnv2_deeper')
+class ErmongroupNCSNv2Deeper(_RefineNetScoreModel):
+  """ermongroup's NCSNv2Deeper (LSUN): the 'ncsnv2_128' layout with PyTorch's numerics."""
+  backbone = _BACKBONE_128
+  refine = _REFINE_128
+  pytorch_numerics = True
+
+
+@utils.register_model(name='ermongroup_ncsnv2_deepest')
+class ErmongroupNCSNv2Deepest(_RefineNetScoreModel):
+  """ermongroup's NCSNv2Deepest (FFHQ): the 'ncsnv2_256' layout with PyTorch's numerics."""
+  backbone = _BACKBONE_256
+  refine = _REFINE_256
+  pytorch_numerics = True

@@ -34,13 +34,14 @@ def _instance_normalize(x):
   return h, means
 
 
-def _standardized_channel_means(means):
+def _standardized_channel_means(means, ddof: int = 0):
   """InstanceNorm++'s extra input: the channel means standardised across channels.
 
-  means: (B, C) -> (means - mean_C) / sqrt(var_C + eps), (B, C), biased variance over C.
+  means: (B, C) -> (means - mean_C) / sqrt(var_C + eps), (B, C); the variance over C is biased
+  (ddof 0, score_sde's JAX code) or unbiased (ddof 1, `torch.var` in the ermongroup code).
   """
   m = jnp.mean(means, axis=-1, keepdims=True)
-  v = jnp.var(means, axis=-1, keepdims=True)
+  v = jnp.var(means, axis=-1, keepdims=True, ddof=ddof)
   return (means - m) / jnp.sqrt(v + EPS)
 
 
@@ -88,15 +89,17 @@ class InstanceNorm2dPlus(nn.Module):
       y = gamma · ((x - mu) / sqrt(var_HW x + eps) + alpha · mu~) + beta
 
   Params (each (1, 1, 1, C)): `alpha`, `gamma` ~ N(1, 0.02²); `beta` zeros (only with `bias=True`).
+  `channel_means_ddof` 1 takes the unbiased var_C, as the ermongroup PyTorch code does.
   x: (B, H, W, C) -> (B, H, W, C).
   """
   bias: bool = True
+  channel_means_ddof: int = 0
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
     h, means = _instance_normalize(x)
-    means_plus = _standardized_channel_means(means)
+    means_plus = _standardized_channel_means(means, self.channel_means_ddof)
     h = h + means_plus[:, None, None, :] * self.param('alpha', _near_one_init, (1, 1, 1, c))
     h = h * self.param('gamma', _near_one_init, (1, 1, 1, c))
     if self.bias:
@@ -111,15 +114,17 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
   table of shape (num_classes, 3C) split as [gamma | alpha | beta] (gamma, alpha ~ N(1, 0.02²),
   beta zeros at init); with `bias=False` the table is (num_classes, 2C) = [gamma | alpha].
   x: (B, H, W, C), y: (B,) int class (noise-level) indices -> (B, H, W, C).
+  `channel_means_ddof` as in `InstanceNorm2dPlus`.
   """
   num_classes: int = 10
   bias: bool = True
+  channel_means_ddof: int = 0
 
   @nn.compact
   def __call__(self, x, y):
     c = x.shape[-1]
     h, means = _instance_normalize(x)
-    means_plus = _standardized_channel_means(means)
+    means_plus = _standardized_channel_means(means, self.channel_means_ddof)
     n_parts = 3 if self.bias else 2
 
     def embedding_init(key, shape, dtype=jnp.float32):
@@ -147,14 +152,16 @@ _UNCONDITIONAL = {
 }
 
 
-def get_normalization(config, conditional: bool = False) -> Callable[..., nn.Module]:
+def get_normalization(config, conditional: bool = False,
+                      channel_means_ddof: int = 0) -> Callable[..., nn.Module]:
   """The normalisation layer class that `config.model.normalization` names.
 
   Unconditional: 'InstanceNorm', 'InstanceNorm++', 'VarianceNorm', 'GroupNorm' (flax's, 32 groups).
   Conditional (NCSN v1): only 'InstanceNorm++', with one embedding row per noise level:
   `config.model.num_classes` if the config has it, else `config.model.num_scales`.
-  Returns a zero-argument constructor (class or partial); call the instance as `norm(x)` or
-  `norm(x, y)` when conditional.
+  `channel_means_ddof` 1 gives InstanceNorm++ the unbiased variance of the channel means (the
+  ermongroup PyTorch networks). Returns a zero-argument constructor (class or partial); call the
+  instance as `norm(x)` or `norm(x, y)` when conditional.
   """
   norm = config.model.normalization
   if conditional:
@@ -163,8 +170,11 @@ def get_normalization(config, conditional: bool = False) -> Callable[..., nn.Mod
           f"config.model.normalization={norm!r} has no noise-conditional version; the "
           "conditional NCSN networks support only 'InstanceNorm++'.")
     num_classes = config.model.get('num_classes', None) or config.model.num_scales
-    return functools.partial(ConditionalInstanceNorm2dPlus, num_classes=int(num_classes))
+    return functools.partial(ConditionalInstanceNorm2dPlus, num_classes=int(num_classes),
+                             channel_means_ddof=channel_means_ddof)
   if norm not in _UNCONDITIONAL:
     raise ValueError(f"config.model.normalization={norm!r} is not supported; "
                      f"choose one of {sorted(_UNCONDITIONAL)}.")
+  if norm == 'InstanceNorm++' and channel_means_ddof:
+    return functools.partial(InstanceNorm2dPlus, channel_means_ddof=channel_means_ddof)
   return _UNCONDITIONAL[norm]

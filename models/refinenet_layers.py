@@ -50,6 +50,30 @@ def resize_method(interpolation: str) -> str:
   return _RESIZE_METHODS[interpolation]
 
 
+def resize_align_corners(x, shape):
+  """Bilinear resize of (B, H, W, C) to (B, *shape, C) with corner pixels aligned: output pixel i
+  samples the input at i·(H−1)/(H′−1), as PyTorch's `F.interpolate(..., 'bilinear',
+  align_corners=True)` (the ermongroup NCSN / NCSNv2 MSF blocks)."""
+  for axis, size in ((1, shape[0]), (2, shape[1])):
+    length = x.shape[axis]
+    scale = jnp.float32((length - 1) / (size - 1)) if size > 1 else jnp.float32(0)
+    position = jnp.arange(size, dtype=jnp.float32) * scale
+    lower = jnp.clip(jnp.floor(position).astype(jnp.int32), 0, length - 1)
+    upper = jnp.minimum(lower + 1, length - 1)
+    weight = (position - lower).reshape((-1,) + (1,) * (x.ndim - axis - 1))
+    x = (1 - weight) * jnp.take(x, lower, axis=axis) + weight * jnp.take(x, upper, axis=axis)
+  return x
+
+
+def _resize(h, shape, method, align_corners):
+  if align_corners:
+    if method != 'bilinear':
+      raise ValueError("align_corners resizing is bilinear: set config.model.interpolation="
+                       "'bilinear'.")
+    return resize_align_corners(h, shape)
+  return jax.image.resize(h, (h.shape[0], *shape, h.shape[-1]), method)
+
+
 def _pytorch_default_inits(kernel_shape, init_scale):
   """PyTorch's default Conv2d init: U(±1/sqrt(fan_in)) for kernel and bias, as NCSN used."""
   init_scale = 1e-10 if init_scale == 0 else init_scale
@@ -259,11 +283,13 @@ class MSFBlock(nn.Module):
   """Multi-resolution fusion: sum_i resize(conv3x3_i(xs[i]) (with bias), shape).
 
   xs: list of (B, H_i, W_i, C_i) -> (B, *shape, features); `interpolation` as in
-  `config.model.interpolation` ('bilinear': half-pixel bilinear of `jax.image.resize`).
+  `config.model.interpolation` ('bilinear': half-pixel bilinear of `jax.image.resize`, or with
+  `align_corners` PyTorch's align_corners=True bilinear).
   """
   shape: Sequence[int]
   features: int
   interpolation: str = 'bilinear'
+  align_corners: bool = False
 
   @nn.compact
   def __call__(self, xs):
@@ -271,8 +297,7 @@ class MSFBlock(nn.Module):
     sums = jnp.zeros((xs[0].shape[0], *self.shape, self.features))
     for x in xs:
       h = ncsn_conv3x3(x, self.features, stride=1, bias=True)
-      h = jax.image.resize(h, (h.shape[0], *self.shape, h.shape[-1]), method)
-      sums = sums + h
+      sums = sums + _resize(h, tuple(self.shape), method, self.align_corners)
     return sums
 
 
@@ -282,6 +307,7 @@ class CondMSFBlock(nn.Module):
   features: int
   normalizer: Any
   interpolation: str = 'bilinear'
+  align_corners: bool = False
 
   @nn.compact
   def __call__(self, xs, y):
@@ -290,8 +316,7 @@ class CondMSFBlock(nn.Module):
     for x in xs:
       h = self.normalizer()(x, y)
       h = ncsn_conv3x3(h, self.features, stride=1, bias=True)
-      h = jax.image.resize(h, (h.shape[0], *self.shape, h.shape[-1]), method)
-      sums = sums + h
+      sums = sums + _resize(h, tuple(self.shape), method, self.align_corners)
     return sums
 
 
@@ -308,6 +333,7 @@ class RefineBlock(nn.Module):
   interpolation: str = 'bilinear'
   start: bool = False
   end: bool = False
+  align_corners: bool = False
 
   @nn.compact
   def __call__(self, xs):
@@ -316,7 +342,7 @@ class RefineBlock(nn.Module):
       h = hs[0]
     else:
       h = MSFBlock(shape=tuple(self.output_shape), features=self.features,
-                   interpolation=self.interpolation)(hs)
+                   interpolation=self.interpolation, align_corners=self.align_corners)(hs)
     h = CRPBlock(self.features, n_stages=2, act=self.act)(h)
     return RCUBlock(self.features, n_blocks=3 if self.end else 1, n_stages=2, act=self.act)(h)
 
@@ -330,6 +356,7 @@ class CondRefineBlock(nn.Module):
   interpolation: str = 'bilinear'
   start: bool = False
   end: bool = False
+  align_corners: bool = False
 
   @nn.compact
   def __call__(self, xs, y):
@@ -339,7 +366,8 @@ class CondRefineBlock(nn.Module):
       h = hs[0]
     else:
       h = CondMSFBlock(shape=tuple(self.output_shape), features=self.features,
-                       normalizer=self.normalizer, interpolation=self.interpolation)(hs, y)
+                       normalizer=self.normalizer, interpolation=self.interpolation,
+                       align_corners=self.align_corners)(hs, y)
     h = CondCRPBlock(self.features, n_stages=2, normalizer=self.normalizer, act=self.act)(h, y)
     return CondRCUBlock(self.features, n_blocks=3 if self.end else 1, n_stages=2,
                         normalizer=self.normalizer, act=self.act)(h, y)

@@ -32,9 +32,14 @@ pairing is derived from the structure of both networks, not from a fixed list of
    no flax variable and must equal `models.utils.get_sigmas(config)`. No FIR kernel is stored:
    score_sde_pytorch builds it from `config.model.fir_kernel` on every call.
 
-Unsupported: NCSN v1 (`ncsn`), whose score_sde_pytorch version cannot run (its conditional blocks
-are built with the unconditional normaliser), and any flax module class without a rule here — both
-are clear errors naming the class.
+The ermongroup releases (NCSN v1's CondRefineNetDilated, NCSNv2 and its deeper variants) use
+the same attribute names; NCSN v1's conditional blocks add `<i>_<j>_norm` before each RCU conv,
+`norms.<i>` before each CRP / MSF conv, and its conditional InstanceNorm++ keeps its table as
+`embed.weight` (num_classes, 3C) = [gamma | alpha | beta], as flax's `Embed_0/embedding`.
+
+Unsupported: score_sde's NCSN v1 (`ncsn`), whose score_sde_pytorch version cannot run (its
+conditional blocks are built with the unconditional normaliser), and any flax module class
+without a rule here — both are clear errors naming the class.
 """
 import dataclasses
 import re
@@ -81,6 +86,15 @@ _REFINENET_LAYOUTS = {
     "NCSNv2_256": (("res1", "res2", "res3", "res31", "res4", "res5"),
                    ("refine1", "refine2", "refine31", "refine3", "refine4", "refine5")),
 }
+# The ermongroup releases name their networks' attributes the same way.
+_REFINENET_LAYOUTS.update({
+    "ErmongroupNCSN": _REFINENET_LAYOUTS["NCSNv2"],
+    "ErmongroupNCSNv2": _REFINENET_LAYOUTS["NCSNv2"],
+    "ErmongroupNCSNv2Deeper": _REFINENET_LAYOUTS["NCSNv2_128"],
+    "ErmongroupNCSNv2Deepest": _REFINENET_LAYOUTS["NCSNv2_256"],
+})
+# Networks that register no `sigmas` buffer (NCSN v1's output is not divided by sigma).
+_NO_SIGMAS_BUFFER = ("ErmongroupNCSN",)
 _UNSUPPORTED = {
     "NCSN": "score_sde_pytorch's NCSN v1 ('ncsn') builds its conditional blocks with the "
             "unconditional normaliser and cannot run, so it has no checkpoints to import",
@@ -287,9 +301,20 @@ class _Matcher:
       n_blocks, n_stages = node.fields["n_blocks"], node.fields["n_stages"]
       names = [f"{i}_{j}_conv" for i in range(1, n_blocks + 1) for j in range(1, n_stages + 1)]
       self._ordered(node, flax_path, torch_prefix, names)
+    elif cls == "CondRCUBlock":  # NCSN v1: a conditional norm before each conv
+      n_blocks, n_stages = node.fields["n_blocks"], node.fields["n_stages"]
+      names = [f"{i}_{j}_{part}" for i in range(1, n_blocks + 1) for j in range(1, n_stages + 1)
+               for part in ("norm", "conv")]
+      self._ordered(node, flax_path, torch_prefix, names)
     elif cls in ("CRPBlock", "MSFBlock"):
       names = [f"convs.{i}" for i in range(len(node.param_children()))]
       self._ordered(node, flax_path, torch_prefix, names)
+    elif cls in ("CondCRPBlock", "CondMSFBlock"):  # norms.i then convs.i, per stage / input
+      names = [f"{part}.{i}" for i in range(len(node.param_children()) // 2)
+               for part in ("norms", "convs")]
+      self._ordered(node, flax_path, torch_prefix, names)
+    elif cls == "ConditionalInstanceNorm2dPlus":  # its table: `embed` (num_classes, 3C)
+      self._ordered(node, flax_path, torch_prefix, ["embed"])
     elif cls in ("ConvMeanPool", "MeanPoolConv"):
       self._ordered(node, flax_path, torch_prefix, ["conv"])
     else:
@@ -386,5 +411,6 @@ def match(config, torch_keys: Sequence[str]) -> Plan:
   root = module_tree(config)
   matcher = _Matcher(torch_keys)
   matcher.match(root, "params", "")
-  buffers = {"sigmas": np.asarray(model_utils.get_sigmas(config), np.float64)}
+  buffers = ({} if root.cls in _NO_SIGMAS_BUFFER else
+             {"sigmas": np.asarray(model_utils.get_sigmas(config), np.float64)})
   return Plan(rules=matcher.rules, buffers=buffers, problems=matcher.problems)
