@@ -89,6 +89,8 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
   batch_sharding = devices.batch_sharding(mesh)
   sampler = factory.build(config, shape, batch_sharding=batch_sharding)
   setup = sampler.setup
+  # The sampler's own steps (annealed Langevin: levels × steps per level); N' otherwise.
+  steps = sampler.num_steps or setup.sde.N
   _warn_filter_steps(tdas, setup.sde.N)
   suffix = _host_suffix()
   fields = sample_rounds.fingerprint(config, variables, tdas, shape, setup.sde.N, setup.eps,
@@ -104,7 +106,7 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
   # Several processes of one job decide each round together; separate processes claim rounds.
   claims = sample_rounds.RoundClaims(out_dir) if jax.process_count() == 1 else None
   logging.info("Sampling %d rounds of %d (%d samples) with %d steps (speed-up %.3g, eps %.3g), "
-               "TDAS %s, on %d devices.", num_rounds, batch_size, num_samples, setup.sde.N,
+               "TDAS %s, on %d devices.", num_rounds, batch_size, num_samples, steps,
                setup.speedup, setup.eps, "on" if tdas.enabled else "off", mesh.devices.size)
   timing = dict(seconds=0.0, rounds=0, nfe=sampler.nfe)
 
@@ -173,7 +175,7 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
     vanilla = images.to_uint8(vanilla, config.data.centered)[round_rows(0)][:64]
     if writes_pictures:
       images.save_comparison(os.path.join(out_dir, "vanilla_vs_tdas.png"), vanilla, first,
-                             setup.sde.N, timing["nfe"])
+                             steps, timing["nfe"])
   if config.sampling.get("export_arr0", False) and jax.process_count() == 1:
     export = images.export_arr0(out_dir, [sample_rounds.round_path(out_dir, r, suffix)
                                           for r in range(num_rounds)])
@@ -182,11 +184,11 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
   rounds_run, seconds = timing["rounds"], timing["seconds"]
   summary = dict(
       num_samples=num_samples, rounds=num_rounds, rounds_this_run=rounds_run,
-      batch_size=batch_size, steps=setup.sde.N, speedup=setup.speedup, eps=setup.eps,
+      batch_size=batch_size, steps=steps, speedup=setup.speedup, eps=setup.eps,
       nfe=timing["nfe"], method=config.sampling.method, **sampler.describe(), source=source,
       tdas=tdas.describe(), device_count=mesh.devices.size, process_count=jax.process_count(),
       seconds=seconds,
-      seconds_per_step=(seconds / (rounds_run * setup.sde.N)) if rounds_run else None,
+      seconds_per_step=(seconds / (rounds_run * steps)) if rounds_run else None,
       fingerprint=fields)
   atomic_write_text(os.path.join(out_dir, f"sampling{suffix}.json"),
                     json.dumps(summary, indent=2))

@@ -41,6 +41,11 @@ _SAMPLING_DEFAULTS = dict(
     s_noise=1.0,                   # scale of their added noise
     solver_type='midpoint',        # dpmpp_2m_sde: 'midpoint' | 'heun'
     ddim_eta=0.0,                  # ddim (VP / subVP): 0 = deterministic, 1 = DDPM-like
+    # The ermongroup runners' annealed Langevin dynamics (method annealed_langevin): step_lr
+    # (alpha_c = step_lr (sigma_c / sigma_L)^2), steps per level, levels used (0 = all), the
+    # final denoising step (NCSNv2), what is returned ('final' | 'before_last_step', NCSN v1).
+    langevin=dict(step_lr=6.2e-6, n_steps_each=5, num_levels=0, denoise=True, output='final',
+                  clamp=True),
     # EDM's stochastic sampler (method edm, Karras et al. 2022 Algorithm 2).
     edm=dict(S_churn=0.0, S_tmin=0.0, S_tmax=float('inf'), S_noise=1.0),
     # Target Distribution Aware Sampling: coloured noise in space and frequency.
