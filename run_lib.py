@@ -12,7 +12,6 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from tqdm import tqdm
 
 import calibration_sets
 import checkpoints
@@ -21,7 +20,7 @@ import images
 import sample_rounds
 import train as train_lib
 import validation
-from atomic_io import atomic_savez, atomic_write_text
+from atomic_io import atomic_write_text
 from configs import project_fields
 from evaluation import evaluate as evaluation
 from evaluation import inception as inception_lib
@@ -70,7 +69,7 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
   a PNG grid, sampling.json and, with TDAS on, vanilla_vs_tdas.png. A rerun keeps the rounds
   that read back with this run's fingerprint and samples the others; rounds made with other
   settings stop it (or, with `discard_rounds`, are deleted and sampled again). Processes that
-  share the folder share its rounds (`sample_rounds.RoundClaims`).
+  share the folder share its rounds (`sample_rounds.sample_missing`).
   """
   validation.check_sampling(config)
   devices.set_matmul_precision(config)
@@ -103,66 +102,26 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
   num_rounds = int(math.ceil(num_samples / batch_size))
   seed_key = jax.random.PRNGKey(config.sampling.seed)
   local_index = devices.local_row_indices(batch_sharding, shape)
-  # Several processes of one job decide each round together; separate processes claim rounds.
-  claims = sample_rounds.RoundClaims(out_dir) if jax.process_count() == 1 else None
   logging.info("Sampling %d rounds of %d (%d samples) with %d steps (speed-up %.3g, eps %.3g), "
                "TDAS %s, on %d devices.", num_rounds, batch_size, num_samples, steps,
                setup.speedup, setup.eps, "on" if tdas.enabled else "off", mesh.devices.size)
-  timing = dict(seconds=0.0, rounds=0, nfe=sampler.nfe)
+  timing = dict(seconds=0.0, nfe=sampler.nfe)
 
   def round_rows(r):
     # The last round keeps only the samples up to num_samples (global rows), on every host.
     return local_index < num_samples - r * batch_size
 
-  def finished(r, path, quiet=False):
-    if not os.path.exists(path):
-      return False
-    samples, recorded, problem = sample_rounds.read_round(path, int(round_rows(r).sum()))
-    if problem is None and recorded is None:
-      problem = "it has no fingerprint (written by an older version)"
-    if problem is None:
-      lines = sample_rounds.differences(recorded, dict(fields, round=r))
-      if lines:
-        raise sample_rounds.FingerprintMismatch(
-            f"{path} was written during this run with other settings ({'; '.join(lines[:4])}) "
-            "by another process: give each setting its own --eval_folder.")
-      return samples is not None
-    if not quiet:
-      logging.warning("Round %d (%s): %s; sampling it again.", r, path, problem)
-    return False
-
-  def draw(r, path):
+  def draw(r):
     start = time.perf_counter()
     x, timing["nfe"] = factory.run(sampler, jax.random.fold_in(seed_key, r), variables, tdas,
                                    progress_label=f"round {r}", what=f"Round {r}")
     timing["seconds"] += time.perf_counter() - start
-    timing["rounds"] += 1
-    sample_rounds.write_round(path, images.to_uint8(x, config.data.centered)[round_rows(r)],
-                              fields, r)
+    return images.to_uint8(x, config.data.centered)[round_rows(r)]
 
-  held = []
-  for r in tqdm(range(num_rounds), desc="rounds", unit="round"):
-    path = sample_rounds.round_path(out_dir, r, suffix)
-    if claims is None:  # every process of the job samples the round unless all have it
-      if not devices.all_processes(finished(r, path)):
-        draw(r, path)
-      continue
-    if finished(r, path):
-      logging.info("Round %d already written (%s); keeping it.", r, path)
-      continue
-    claim = claims.claim(path)
-    if claim is None:
-      logging.info("Round %d is being sampled by %s; taking the next.", r, claims.holder(path))
-      held.append(r)
-      continue
-    with claim:
-      if not finished(r, path, quiet=True):
-        draw(r, path)
-  for r in held:  # wait for the other process; sample the round if it died without writing it
-    path = sample_rounds.round_path(out_dir, r, suffix)
-    with claims.claim(path, block=True):
-      if not finished(r, path):
-        draw(r, path)
+  rounds_run = sample_rounds.sample_missing(
+      out_dir, suffix, fields, num_rounds, lambda r: int(round_rows(r).sum()), draw,
+      shared_job=jax.process_count() > 1, every_process=devices.all_processes,
+      log=lambda level, message: getattr(logging, level)("%s", message))
 
   # The pictures show process 0's rows (every process samples the vanilla batch: a collective).
   first = np.load(sample_rounds.round_path(out_dir, 0, suffix))["samples"][:64]
@@ -181,7 +140,7 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
                                           for r in range(num_rounds)])
     logging.info("Wrote every sample as one arr_0 file for other evaluators: %s", export)
 
-  rounds_run, seconds = timing["rounds"], timing["seconds"]
+  seconds = timing["seconds"]
   summary = dict(
       num_samples=num_samples, rounds=num_rounds, rounds_this_run=rounds_run,
       batch_size=batch_size, steps=steps, speedup=setup.speedup, eps=setup.eps,

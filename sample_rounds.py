@@ -24,10 +24,11 @@ import json
 import os
 import re
 import socket
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from atomic_io import atomic_savez
 
@@ -279,3 +280,78 @@ def check_writable(folder: str):
   except OSError as e:
     raise PermissionError(f"Cannot write into {folder!r} ({e.strerror or e}): choose a "
                           "writable --workdir / --eval_folder.") from e
+
+
+def round_problem(path: str, fields: Dict[str, Any], round_index: int, rows: int):
+  """Why the round file at `path` must be sampled (again), or None when it can be kept.
+
+  Raises FingerprintMismatch when it reads back whole but with other settings (written by
+  another process after this run checked the folder).
+  """
+  if not os.path.exists(path):
+    return "missing"
+  samples, recorded, problem = read_round(path, rows)
+  if problem is None and recorded is None:
+    problem = "it has no fingerprint (written by an older version)"
+  if problem is None:
+    lines = differences(recorded, dict(fields, round=round_index))
+    if lines:
+      raise FingerprintMismatch(
+          f"{path} was written during this run with other settings ({'; '.join(lines[:4])}) "
+          "by another process: give each setting its own --eval_folder.")
+  return problem
+
+
+def sample_missing(folder: str, suffix: str, fields: Dict[str, Any], num_rounds: int,
+                  rows_of: Callable[[int], int], draw: Callable[[int], np.ndarray],
+                  shared_job: bool, every_process: Callable[[bool], bool], log) -> int:
+  """Samples every round of `folder` that is not finished; returns how many it sampled.
+
+  Args:
+    folder, suffix: the round files `samples_<r><suffix>.npz`.
+    fields: this run's fingerprint.
+    num_rounds: rounds 0 .. num_rounds - 1.
+    rows_of: round -> the rows this process keeps of it.
+    draw: round -> its uint8 samples (this process's rows), computed by the caller.
+    shared_job: the processes of one jax.distributed job: they decide each round together
+      (`every_process(done)` is a collective) and claim nothing.
+    log: (level, message) for what happens to each round.
+  """
+  sampled = 0
+
+  def sample(r, path):
+    nonlocal sampled
+    write_round(path, draw(r), fields, r)
+    sampled += 1
+
+  rounds = tqdm(range(num_rounds), desc="rounds", unit="round")
+  if shared_job:
+    for r in rounds:
+      path = round_path(folder, r, suffix)
+      if not every_process(round_problem(path, fields, r, rows_of(r)) is None):
+        sample(r, path)
+    return sampled
+
+  claims, held = RoundClaims(folder), []
+  for r in rounds:
+    path = round_path(folder, r, suffix)
+    problem = round_problem(path, fields, r, rows_of(r))
+    if problem is None:
+      log("info", f"Round {r} already written ({path}); keeping it.")
+      continue
+    if problem != "missing":
+      log("warning", f"Round {r} ({path}): {problem}; sampling it again.")
+    claim = claims.claim(path)
+    if claim is None:
+      log("info", f"Round {r} is being sampled by {claims.holder(path)}; taking the next.")
+      held.append(r)
+      continue
+    with claim:  # finished by another process between the check and the claim?
+      if round_problem(path, fields, r, rows_of(r)) is not None:
+        sample(r, path)
+  for r in held:  # wait for the other process; sample the round if it died without writing it
+    path = round_path(folder, r, suffix)
+    with claims.claim(path, block=True):
+      if round_problem(path, fields, r, rows_of(r)) is not None:
+        sample(r, path)
+  return sampled
