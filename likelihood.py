@@ -19,6 +19,8 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+from tqdm import tqdm
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("gaussian", "rademacher")
@@ -131,3 +133,51 @@ class Likelihood:
     log_p = self.sde.prior_logp(latent) + delta_logp  # nats, (B,)
     bpd = -log_p / (dims * np.log(2.0)) + bits_offset(self.centered)
     return bpd, latent
+
+
+def from_config(config, sde, score_fn_builder, shape) -> Likelihood:
+  """The `Likelihood` of `config.eval.bpd_*` (divergence, probe, rtol, atol)."""
+  evaluate = config.eval
+  return Likelihood(sde, score_fn_builder, shape,
+                    divergence=str(evaluate.get("bpd_divergence", "hutchinson")),
+                    probe=str(evaluate.get("bpd_probe", "rademacher")),
+                    rtol=float(evaluate.get("bpd_rtol", 1e-5)),
+                    atol=float(evaluate.get("bpd_atol", 1e-5)),
+                    centered=bool(config.data.centered))
+
+
+def data_bits_per_dim(solver: Likelihood, variables, batches, scaler, seed: int = 0,
+                      max_images: int = 0) -> dict:
+  """Bits/dim of dequantised batches in [0, 1] (B, H, W, C): their mean, std and count.
+
+  A last batch smaller than the solver's is padded with copies of its first image, and only its
+  own rows are counted.
+  """
+  values, nfe, rng = [], 0, jax.random.PRNGKey(seed)
+  progress = tqdm(desc="bits/dim", unit="image", total=max_images or None)
+  for batch in batches:
+    batch = np.asarray(batch, np.float32)
+    if max_images:
+      batch = batch[:max_images - len(values)]
+    count = len(batch)
+    if count == 0:
+      break
+    if count < solver.shape[0]:
+      batch = np.concatenate([batch, np.repeat(batch[:1], solver.shape[0] - count, axis=0)])
+    rng, probe_rng = jax.random.split(rng)
+    result = solver(probe_rng, variables, jnp.asarray(scaler(batch)))
+    values.extend(np.asarray(result.bpd)[:count].tolist())
+    nfe += result.nfe
+    progress.update(count)
+    logging.log_every_n_seconds(logging.INFO, "bits/dim of %d images: %.4f so far", 30,
+                                len(values), float(np.mean(values)))
+    if max_images and len(values) >= max_images:
+      break
+  progress.close()
+  if not values:
+    raise ValueError("No images to evaluate bits/dim on: the data set is empty.")
+  values = np.asarray(values, np.float64)
+  return dict(mean=float(values.mean()), std=float(values.std()), num_images=int(len(values)),
+              nfe=int(nfe), nfe_per_batch=float(nfe) / max(1, -(-len(values) // solver.shape[0])),
+              divergence=solver.divergence, probe=solver.probe if solver.divergence ==
+              "hutchinson" else None, rtol=solver.rtol, atol=solver.atol, eps=solver.eps)

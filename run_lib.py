@@ -17,7 +17,9 @@ import calibration_sets
 import checkpoints
 import datasets
 import images
+import likelihood
 import sample_rounds
+import sde_lib
 import train as train_lib
 import validation
 from atomic_io import atomic_write_text
@@ -183,6 +185,8 @@ def evaluate(config, workdir, eval_folder="eval"):
   if samples_path != out_dir or os.path.isdir(out_dir):  # (a missing folder: no samples, below)
     sample_rounds.check_writable(out_dir)
   result = evaluation.evaluate_folder(config, workdir, samples_path)
+  if config.eval.get("enable_bpd", False):  # score_sde's field: bits/dim of the data as well
+    result["bpd"] = _bits_per_dim(config, workdir)
   path = os.path.join(out_dir, "metrics.json")
   atomic_write_text(path, json.dumps(result, indent=2))
   kid, score = result["kid"], result["inception_score"]
@@ -192,6 +196,52 @@ def evaluate(config, workdir, eval_folder="eval"):
   print(json.dumps(dict(metrics=os.path.abspath(path), num_samples=result["num_samples"],
                         fid=result["fid"], kid=None if kid is None else kid["mean"],
                         inception_score=score["mean"])))
+  return result
+
+
+def _bits_per_dim(config, workdir):
+  """Bits/dim of the data set's evaluation split (`config.eval.bpd_*`), dequantised uniformly."""
+  validation.check_sde(config)
+  devices.set_matmul_precision(config)
+  variables, source = checkpoints.load_variables(config, workdir)
+  batch_size = (validation.positive_int(config, "eval.bpd_batch_size", allow_zero=True)
+                or validation.positive_int(config, "eval.batch_size"))
+  max_images = validation.positive_int(config, "eval.bpd_num_images", allow_zero=True)
+  sde = sde_lib.get_sde(config)
+  model = model_utils.create_model(config)
+  builder = lambda v: model_utils.get_score_fn(sde, model, v,
+                                               model_utils.uses_continuous_labels(config),
+                                               num_scales=config.model.num_scales)
+  shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+  solver = likelihood.from_config(config, sde, builder, shape)
+  split = datasets.get_split(config, evaluation=True, batch_size=batch_size,
+                             uniform_dequantization=True, num_epochs=1, drop_remainder=False)
+  batches = (batch["image"] for batch in split.as_numpy_iterator())
+  result = likelihood.data_bits_per_dim(solver, variables, batches,
+                                        datasets.get_data_scaler(config), seed=config.seed,
+                                        max_images=max_images)
+  result["source"] = source
+  return result
+
+
+def likelihood_mode(config, workdir, eval_folder="eval"):
+  """Bits/dim of the data set's evaluation split -> <workdir>/<eval_folder>/likelihood.json.
+
+  The data set is the config's (`data.dataset` through tfds, `data.path`, or the packaged
+  digits), dequantised uniformly as score_sde evaluates; the probability-flow ODE with the
+  `eval.bpd_*` divergence and tolerances (`likelihood.py`).
+  """
+  if jax.process_index() != 0:
+    return None
+  out_dir = os.path.join(workdir, eval_folder)
+  sample_rounds.check_writable(out_dir)
+  result = _bits_per_dim(config, workdir)
+  path = os.path.join(out_dir, "likelihood.json")
+  atomic_write_text(path, json.dumps(result, indent=2))
+  logging.info("%d images: %.4f ± %.4f bits/dim -> %s", result["num_images"], result["mean"],
+               result["std"], path)
+  print(json.dumps(dict(likelihood=os.path.abspath(path), bpd=result["mean"],
+                        num_images=result["num_images"])))
   return result
 
 
@@ -399,6 +449,7 @@ MODES = {
     "calibrate": calibrate,
     "stats": stats,
     "eval": evaluate,
+    "likelihood": likelihood_mode,
     "train": train,
 }
 

@@ -114,6 +114,16 @@ _EVAL_DEFAULTS = dict(
     is_splits=10,              # Inception Score splits
     frequency_bins=16,         # radial bins of the frequency deviation
     precision_recall_samples=0,  # > 0: precision/recall (k = 3) on up to this many images per set
+    # Bits/dim (--mode likelihood, and --mode eval with score_sde's eval.enable_bpd) of the data
+    # set's evaluation split, dequantised: the divergence ('hutchinson' | 'exact'), the probe
+    # ('rademacher' | 'gaussian'), the ODE tolerances, how many images (0 = all), the batch
+    # (0 = eval.batch_size).
+    bpd_divergence='hutchinson',
+    bpd_probe='rademacher',
+    bpd_rtol=1e-5,
+    bpd_atol=1e-5,
+    bpd_num_images=0,
+    bpd_batch_size=0,
 )
 
 # Every added section: its name and its defaults.
