@@ -49,8 +49,11 @@ class Coloring:
   precondition: bool = struct.field(pytree_node=False, default=False)
 
   def colors(self, kind: str) -> bool:
-    """Whether draws of `kind` ('init': the initial sample, 'step': the noise added on the way)
+    """Whether draws of `kind` ('init': the initial sample, 'step': the noise added on the way,
+    'forward': the forward-process noise of known pixels when conditioning, never coloured)
     are coloured."""
+    if kind == "forward":
+      return False
     return self.apply_to in (("init", "both") if kind == "init" else ("noise", "both"))
 
   def __call__(self, eps):
