@@ -15,6 +15,7 @@ from absl import logging
 
 import calibration_sets
 import checkpoints
+import controllable
 import datasets
 import images
 import likelihood
@@ -437,6 +438,16 @@ def stats(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
   return summary
 
 
+def inpaint(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
+  """Fill the masked pixels of images (config.inpaint.*) -> <workdir>/inpaint/."""
+  return controllable.run(config, workdir, "inpaint")
+
+
+def colorize(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
+  """Colour the grey versions of images (config.inpaint.images) -> <workdir>/colorize/."""
+  return controllable.run(config, workdir, "colorize")
+
+
 def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
   """Train the config's network on its data set (resumes from <workdir>/checkpoints-meta/)."""
   return train_lib.train(config, workdir)
@@ -450,6 +461,8 @@ MODES = {
     "stats": stats,
     "eval": evaluate,
     "likelihood": likelihood_mode,
+    "inpaint": inpaint,
+    "colorize": colorize,
     "train": train,
 }
 

@@ -126,9 +126,17 @@ _EVAL_DEFAULTS = dict(
     bpd_batch_size=0,
 )
 
+# `--mode inpaint` / `--mode colorize` (controllable.py).
+_INPAINT_DEFAULTS = dict(
+    images='',       # .npz with `images` uint8 or an image folder; '' = the evaluation split
+    mask='center',   # center | left_half | random_<p> | a mask file ((H, W) or (H, W, C), 1 = known)
+    num_images=64,   # images to fill (the first of `images`)
+    seed=0,          # PRNG seed (and of random_<p> masks)
+)
+
 # Every added section: its name and its defaults.
 _DEFAULTS = dict(sampling=_SAMPLING_DEFAULTS, calibrate=_CALIBRATE_DEFAULTS, data=_DATA_DEFAULTS,
-                 eval=_EVAL_DEFAULTS)
+                 eval=_EVAL_DEFAULTS, inpaint=_INPAINT_DEFAULTS)
 
 
 def _dotted_leaves(tree, prefix):

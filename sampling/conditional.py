@@ -111,3 +111,19 @@ class ConditionalPCSampler(PCSampler):
     state = self.init(rng, tdas, data, mask)
     state = self.advance(state, variables)
     return SampleResult(self._finish(state), self.nfe)
+
+
+def build(config, shape, space: str, batch_sharding=None) -> ConditionalPCSampler:
+  """The conditional PC sampler of `config.sampling` (predictor, corrector, snr, ...) for
+  batches of `shape` in `space` ('pixels' or 'colour')."""
+  from sampling import factory  # pylint: disable=g-import-not-at-top  (factory imports us)
+  sampling = config.sampling
+  if str(sampling.method).lower() != "pc":
+    raise ValueError(f"Inpainting and colourisation use the PC sampler: set "
+                     f"config.sampling.method='pc' (it is {sampling.method!r}).")
+  setup = factory.make_setup(config, shape, batch_sharding=batch_sharding)
+  return ConditionalPCSampler(setup, space=space, predictor=sampling.predictor,
+                              corrector=sampling.corrector, snr=sampling.snr,
+                              n_steps_each=sampling.n_steps_each,
+                              probability_flow=sampling.probability_flow,
+                              denoise=sampling.noise_removal)

@@ -48,6 +48,24 @@ def sampling_steps(config):
   return num_steps, full / num_steps
 
 
+def make_setup(config, shape, model=None, batch_sharding=None) -> SamplerSetup:
+  """The `SamplerSetup` (SDE with N' steps, eps, score-function builder, ...) of `config` for
+  global batches of `shape`: what `build` gives the configured method."""
+  num_steps, speedup = sampling_steps(config)
+  sde = sde_lib.get_sde(config, num_steps)
+  eps = sde.sampling_eps * (speedup if config.sampling.eps_scale_with_speedup else 1.0)
+  model = model_utils.create_model(config) if model is None else model
+  continuous = model_utils.uses_continuous_labels(config)
+
+  def score_fn_builder(variables):
+    return model_utils.get_score_fn(sde, model, variables, continuous,
+                                    num_scales=config.model.num_scales)
+
+  return SamplerSetup(sde=sde, score_fn_builder=score_fn_builder, shape=tuple(shape), eps=eps,
+                      speedup=speedup, batch_sharding=batch_sharding,
+                      training_sde=sde_lib.get_sde(config), continuous=continuous)
+
+
 def build(config, shape, model=None, batch_sharding=None):
   """The sampler `config.sampling.method` names, for global batches of `shape` (B, H, W, C).
 
@@ -59,21 +77,9 @@ def build(config, shape, model=None, batch_sharding=None):
   Returns:
     A `sampling.interface.Sampler`; its `setup` holds the SDE, eps and speed-up it resolved.
   """
-  num_steps, speedup = sampling_steps(config)
-  sde = sde_lib.get_sde(config, num_steps)
-  eps = sde.sampling_eps * (speedup if config.sampling.eps_scale_with_speedup else 1.0)
-  model = model_utils.create_model(config) if model is None else model
-  continuous = model_utils.uses_continuous_labels(config)
-
-  def score_fn_builder(variables):
-    return model_utils.get_score_fn(sde, model, variables, continuous,
-                                    num_scales=config.model.num_scales)
-
+  setup = make_setup(config, shape, model, batch_sharding)
   _import_sampler_modules()
   method = SAMPLERS.get(config.sampling.method)
-  setup = SamplerSetup(sde=sde, score_fn_builder=score_fn_builder, shape=tuple(shape), eps=eps,
-                       speedup=speedup, batch_sharding=batch_sharding,
-                       training_sde=sde_lib.get_sde(config), continuous=continuous)
   return method.from_config(config, setup)
 
 

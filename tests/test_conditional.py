@@ -113,3 +113,86 @@ def test_colour_matrix_is_orthogonal_with_the_grey_axis_first():
   m = conditional.COLOUR_MATRIX.astype(np.float64)
   np.testing.assert_allclose(m.T @ m, np.eye(3), atol=1e-6)
   np.testing.assert_allclose(m[:, 0], np.full(3, 1 / np.sqrt(3)), atol=1e-6)
+
+
+# --- the modes and their errors -------------------------------------------------------------
+
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import controllable  # pylint: disable=g-import-not-at-top,wrong-import-position
+import run_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs.analytic import ffhq32  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs.demo import digits_ncsnpp  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_named_masks():
+  center = controllable.named_mask("center", (16, 16, 1))
+  assert center.shape == (16, 16, 1) and center[4:12, 4:12].max() == 0 and center.sum() == 192
+  left = controllable.named_mask("left_half", (8, 8, 3))
+  assert left[:, :4].max() == 0 and left[:, 4:].min() == 1
+  random = controllable.named_mask("random_0.5", (32, 32, 1), seed=3)
+  assert 0.4 < random.mean() < 0.6
+  np.testing.assert_array_equal(random, controllable.named_mask("random_0.5", (32, 32, 1), 3))
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.ones((8, 4)), r"has shape \(8, 4, 1\); the images are \(8, 8, 1\)"),
+    (np.full((8, 8), 2.0), r"values outside \[0, 1\]"),
+    (np.ones((8, 8)), "leaves no pixel unknown"),
+    (np.zeros((8, 8)), "leaves no pixel known"),
+], ids=["shape", "range", "nothing_unknown", "nothing_known"])
+def test_bad_masks_name_the_field(tmp_path, mask, message):
+  path = str(tmp_path / "mask.npy")
+  np.save(path, mask)
+  with pytest.raises(ValueError, match="config.inpaint.mask=.*" + message):
+    controllable.named_mask(path, (8, 8, 1))
+  with pytest.raises(ValueError, match="neither a pattern"):
+    controllable.named_mask("middle", (8, 8, 1))
+
+
+def test_images_of_another_size_are_refused(tmp_path):
+  np.savez(tmp_path / "images.npz", images=np.zeros((2, 8, 8, 1), np.uint8))
+  config = digits_ncsnpp.get_config()
+  config.inpaint.images = str(tmp_path / "images.npz")
+  with pytest.raises(ValueError, match=r"images.npz' holds \(8, 8, 1\) images .* expects "
+                     r"\(16, 16, 1\)"):
+    controllable.read_images(config, 2)
+
+
+def test_inpaint_mode_fills_held_out_digits_and_writes_its_grid(tmp_path):
+  config = digits_ncsnpp.get_config()
+  config.inpaint.num_images = 6
+  config.eval.batch_size = 4  # a full batch, then a padded one
+  config.sampling.num_steps = 4
+  summary = run_lib.inpaint(config, str(tmp_path))
+  out = tmp_path / "inpaint"
+  with np.load(out / "results.npz") as results:
+    originals, inputs, samples = results["originals"], results["inputs"], results["samples"]
+  assert samples.shape == (6, 16, 16, 1) and summary["nfe"] == 8
+  known = controllable.named_mask("center", (16, 16, 1)) == 1
+  np.testing.assert_array_equal(samples[:, known], originals[:, known])  # kept as given
+  assert inputs[:, ~known].max() == 0 and (out / "grid.png").is_file()
+  assert json.load(open(out / "inpaint.json"))["known_fraction"] == 0.75
+  with pytest.raises(ValueError, match="colorize needs colour images"):
+    run_lib.colorize(config, str(tmp_path))
+
+
+def test_colorize_mode_keeps_the_grey_level(tmp_path):
+  config = ffhq32.get_config()
+  pictures = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  np.savez(tmp_path / "pictures.npz", images=pictures)
+  config.inpaint.images = str(tmp_path / "pictures.npz")
+  config.inpaint.num_images = 4
+  config.eval.batch_size = 4
+  config.sampling.num_steps = 3
+  config.sampling.tdas.enabled = True
+  config.sampling.tdas.lambda2 = 0.8
+  summary = run_lib.colorize(config, str(tmp_path))
+  assert summary["tdas"]["enabled"] and os.path.isfile(tmp_path / "colorize" / "grid.png")
+  with np.load(tmp_path / "colorize" / "results.npz") as results:
+    samples = results["samples"].astype(np.float64)
+  grey = pictures.astype(np.float64).mean(-1)
+  # uint8 rounding of each channel moves the grey level by at most one step (clipped pixels more).
+  inside = (samples.min(-1) > 0) & (samples.max(-1) < 255)
+  assert np.abs(samples.mean(-1) - grey)[inside].max() <= 1.0
