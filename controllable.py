@@ -18,10 +18,13 @@ import jax
 import numpy as np
 from absl import logging
 
+import checkpoints
 import datasets
 import images as image_io
+import sample_rounds
 from atomic_io import atomic_savez, atomic_write_text
 from sampling import conditional, devices, factory
+from tdas import settings as tdas_settings
 
 MASK_FIELD = "config.inpaint.mask"
 
@@ -100,8 +103,7 @@ def run(config, workdir: str, task: str):
   if task == "colorize" and channels != 3:
     raise ValueError(f"--mode colorize needs colour images: config.data.num_channels={channels}.")
   out_dir = os.path.join(workdir, task)
-  from sample_rounds import check_writable  # pylint: disable=g-import-not-at-top
-  check_writable(out_dir)
+  sample_rounds.check_writable(out_dir)
   originals = read_images(config, count)
   space = "colour" if task == "colorize" else "pixels"
   if space == "pixels":
@@ -109,10 +111,8 @@ def run(config, workdir: str, task: str):
   else:
     mask = np.array([1.0, 0.0, 0.0], np.float32)  # the grey axis known
 
-  from checkpoints import load_variables  # pylint: disable=g-import-not-at-top
-  from tdas import settings as tdas_settings  # pylint: disable=g-import-not-at-top
   devices.set_matmul_precision(config)
-  variables, source = load_variables(config, workdir)
+  variables, source = checkpoints.load_variables(config, workdir)
   tdas = tdas_settings.resolve(config)
   mesh = devices.batch_mesh()
   batch_size = int(config.eval.batch_size)
