@@ -5,8 +5,9 @@ few released configs that, like score_sde's, do not build on a default). `PROJEC
 dotted names of every leaf it adds, e.g. 'sampling.tdas.r1', 'calibrate.num_samples', 'data.path'.
 
 The added fields live under the sections of `_DEFAULTS`: `sampling` (score_sde's section, extended),
-`calibrate` (a new section: `--mode calibrate`), `data` (score_sde's section, two fields added) and
-`eval` (score_sde's section, extended: `--mode eval`).
+`calibrate` (a new section: `--mode calibrate`), `data` (score_sde's section, two fields added),
+`eval` (score_sde's section, extended: `--mode eval`, `--mode likelihood`) and `inpaint` (a new
+section: `--mode inpaint` / `--mode colorize`).
 A section the config lacks is created; in a section it has, only the project's leaves are set and
 every score_sde field is kept.
 """

@@ -110,7 +110,7 @@ def test_project_fields_are_the_added_leaves():
   assert len(PROJECT_FIELDS) == len(set(PROJECT_FIELDS))
   assert sorted(project_defaults()) == sorted(PROJECT_FIELDS)
   assert all(f.split('.')[0] in PROJECT_SECTIONS for f in PROJECT_FIELDS)
-  assert set(PROJECT_SECTIONS) == {'sampling', 'calibrate', 'data', 'eval'}
+  assert set(PROJECT_SECTIONS) == {'sampling', 'calibrate', 'data', 'eval', 'inpaint'}
 
 
 def test_project_fields_keep_score_sde_fields_of_the_sections_they_extend():
