@@ -216,7 +216,7 @@ class RoundClaims:
   """Exclusive claims on rounds of one folder, shared by every process that samples into it.
 
   `claim(path)` returns a held claim (a context manager) or None when a live process holds the
-  round; `wait(path)` blocks until the round is free.
+  round; `claim(path, block=True)` waits until the round is free and then holds it.
   """
 
   def __init__(self, folder: str):
