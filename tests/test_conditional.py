@@ -5,7 +5,7 @@ given.
 The analytic target is Gaussian with a covariance diagonal in the DCT basis, so the conditional
 of the unknown components given the known ones is a linear solve. score_sde's replacement
 method is approximate at finite steps: at 1000 steps the filled variances come out a few per
-cent high. The bounds allow sampling error (2000 samples) plus that, and the conditional
+cent high. The bounds allow sampling error (1000 samples) plus that, and the conditional
 variances are well below the marginal ones an unconditioned sampler would give.
 """
 import jax
@@ -21,7 +21,7 @@ from sampling import conditional
 from sampling.interface import SamplerSetup
 from tdas import transforms
 
-SIZE, SAMPLES, STEPS = 8, 2000, 1000
+SIZE, SAMPLES, STEPS = 8, 1000, 1000
 
 
 def _target(channels):
@@ -63,27 +63,40 @@ def _check(samples, expected_mean, expected_covariance):
   ratio = np.diag(np.cov(samples, rowvar=False)) / np.diag(expected_covariance)
   off = np.abs(np.cov(samples, rowvar=False) - expected_covariance).max()
   assert z.max() < 4.5, z.max()
-  # The variances: each within sampling error (sd sqrt(2 / 2000) = 0.03, up to ~3.5 sd over 128
-  # components) of a bias of a few per cent; measured 0.97-1.14, mean 1.04 (colour), at 1000 steps.
+  # The variances: each within sampling error (sd sqrt(2 / 1000) = 0.045, up to ~3.5 sd over 128
+  # components) of a bias of a few per cent (colour at 2000 samples: 0.97-1.14, mean 1.04).
   assert 0.95 < ratio.mean() < 1.08, ratio.mean()
   assert 0.85 < ratio.min() and ratio.max() < 1.2, (ratio.min(), ratio.max())
   assert off < 0.15 * np.abs(expected_covariance).max()
 
 
-def test_inpainting_samples_the_gaussian_conditional():
+def _sigma_method(method, channels):
+  """A σ-schedule method with the config's Langevin correction (snr 0.16, one step per σ)."""
+  config = get_analytic_config(image_size=SIZE, sigma_max=20)
+  config.data.num_channels = channels
+  config.model.target_mean = (0.5, 0.45, 0.4)[:channels]
+  config.sampling.method = method
+  config.sampling.num_steps = STEPS
+  return conditional.build(config, (SAMPLES, SIZE, SIZE, channels), "pixels")
+
+
+@pytest.mark.parametrize("method", ["pc", "euler_ancestral"])
+def test_inpainting_samples_the_gaussian_conditional(method):
   model, variables, mean, covariance = _target(1)
   mask = np.ones((SIZE, SIZE, 1), np.float32)
   mask[2:6, 2:6] = 0  # the centre 4 x 4 unknown
   known = mask.reshape(-1) == 1
   y = np.asarray(analytic.sample_target(jax.random.PRNGKey(5), variables, 1))[0]
   data = np.broadcast_to(y, (SAMPLES, SIZE, SIZE, 1))
-  result = _sampler(model, 1, "pixels").sample(jax.random.PRNGKey(1), variables, data, mask[None])
+  sampler = _sampler(model, 1, "pixels") if method == "pc" else _sigma_method(method, 1)
+  result = sampler.sample(jax.random.PRNGKey(1), variables, data, mask[None])
   x = np.asarray(result.samples, np.float64).reshape(SAMPLES, -1)
   np.testing.assert_array_equal(x[:, known], np.broadcast_to(y.reshape(-1)[known],
                                                              (SAMPLES, known.sum())))
   expected_mean, expected_covariance = _conditional(mean, covariance, known, y.reshape(-1)[known])
   _check(x[:, ~known], expected_mean, expected_covariance)
-  # An unconditional draw of the same pixels is far off: the check can fail.
+  # An unconditional draw of the same pixels is far off: the check can fail (and without the
+  # Langevin correction, replacement alone misses the conditional mean by ~25 standard errors).
   marginal_var = np.diag(covariance)[~known]
   assert (np.diag(expected_covariance) < 0.8 * marginal_var).all()
 
@@ -196,3 +209,13 @@ def test_colorize_mode_keeps_the_grey_level(tmp_path):
   # uint8 rounding of each channel moves the grey level by at most one step (clipped pixels more).
   inside = (samples.min(-1) > 0) & (samples.max(-1) < 255)
   assert np.abs(samples.mean(-1) - grey)[inside].max() <= 1.0
+
+
+def test_sigma_methods_count_their_correction_and_refuse_the_ode():
+  sampler = _sigma_method("dpmpp_2m_sde", 1)
+  assert isinstance(sampler, conditional.ConditionalSigmaSampler)
+  assert sampler.nfe == STEPS + (STEPS - 1) and sampler.corrector_steps == 1
+  config = get_analytic_config(image_size=SIZE, sigma_max=20)
+  config.sampling.method = "ode"
+  with pytest.raises(ValueError, match="PC sampler or a σ-schedule method"):
+    conditional.build(config, (4, SIZE, SIZE, 3), "pixels")
