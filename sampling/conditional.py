@@ -80,30 +80,13 @@ class ConditionalPCSampler(PCSampler):
     return self._conditional_init(rng, coloring_of(tdas), jnp.asarray(data, jnp.float32),
                                   jnp.asarray(mask, jnp.float32))
 
-  def _replace_known(self, x, t, state, noise):
-    """x with its known components set to the data diffused to t: (x, data mean at t, noise)."""
+  def after_update(self, x, t, state, noise):
+    """x with its known components set to the data diffused to t (fresh white noise)."""
     mean, std = self.sde.marginal_prob(state.known, t)
     xi, noise = noise.draw("forward")
     noisy = mean + std.reshape((-1,) + (1,) * (x.ndim - 1)) * xi
     free = self.decouple(x) * (1 - state.mask)
-    return self.couple(free + noisy * state.mask), mean, noise
-
-  def step_fn(self, score_fn):
-    predictor = self.predictor_cls(self.sde, score_fn, self.probability_flow)
-    corrector = self.corrector_cls(self.sde, score_fn, self.snr, self.n_steps_each)
-    timesteps = jnp.linspace(self.sde.T, self.setup.eps, self.num_steps)
-    batch = self.shape[0]
-
-    def step(i, state):
-      t = jnp.full((batch,), timesteps[i])
-      # Corrector at t, then the predictor from t; the known part replaced after each.
-      x, _, noise = corrector.update(state.x, t, state.noise)
-      x, _, noise = self._replace_known(x, t, state, noise)
-      x, x_mean, noise = predictor.update(x, t, noise)
-      x, _, noise = self._replace_known(x, t, state, noise)
-      return state._replace(x=noise.constrain(x), x_mean=noise.constrain(x_mean), noise=noise)
-
-    return step
+    return self.couple(free + noisy * state.mask), noise
 
   def final_samples(self, state):
     x = state.x_mean if self.denoise else state.x

@@ -80,12 +80,20 @@ class PCSampler(SteppedSampler):
 
     def step(i, state):
       t = jnp.full((batch,), timesteps[i])
-      # Corrector step(s) at t, then the predictor step from t.
+      # Corrector step(s) at t, then the predictor step from t (each then `after_update`).
       x, _, noise = corrector.update(state.x, t, state.noise)
+      x, noise = self.after_update(x, t, state, noise)
       x, x_mean, noise = predictor.update(x, t, noise)
-      return PCState(noise.constrain(x), noise.constrain(x_mean), noise)
+      x, noise = self.after_update(x, t, state, noise)
+      return state._replace(x=noise.constrain(x), x_mean=noise.constrain(x_mean), noise=noise)
 
     return step
+
+  def after_update(self, x, t, state, noise):
+    """What follows each corrector and predictor update: nothing here; conditional sampling sets
+    the known pixels (`sampling.conditional`). Returns (x, noise)."""
+    del t, state
+    return x, noise
 
   def final_samples(self, state):
     return state.x_mean if self.denoise else state.x

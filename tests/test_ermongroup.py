@@ -1,11 +1,10 @@
 """The ermongroup NCSN / NCSNv2 releases: their networks as the PyTorch code computes them, their
 runners' checkpoints, their annealed Langevin samplers, and TDAS on them.
 
-The reference cases (tests/golden/ermongroup/, from ../shared/reference/ermongroup/) are small
+The reference cases (tests/golden/ermongroup/, copied from the project reference set) are small
 random CIFAR-10 networks (ngf 8) saved exactly as each runner saves its checkpoints, with the
 PyTorch outputs on two inputs.
 """
-import glob
 import importlib
 import json
 import os
@@ -19,7 +18,7 @@ import checkpoints
 import pytorch_io
 import run_lib
 from configs.ermongroup import ncsn_cifar10, ncsnv2_cifar10
-from models import torch_names
+from models import ncsnv2, torch_names
 from models import utils as model_utils
 from reference_cases import GOLDEN_DIR
 from sampling import annealed_langevin, factory
@@ -83,21 +82,10 @@ def test_score_sde_numerics_miss_the_pytorch_outputs():
   reference = _reference("ncsnv2_cifar10")
   config = _small(ncsnv2_cifar10)
   variables, _ = checkpoints.load_checkpoint(NCSNV2_FILE, config)
-  from models import ncsnv2  # pylint: disable=g-import-not-at-top
-  y = ncsnv2.refinenet_score  # the shared body, run with score_sde's numerics
-  model = model_utils.create_model(config)
+  class ScoreSdeNumerics(ncsnv2.ErmongroupNCSNv2):  # same layout and names, JAX numerics
+    pytorch_numerics = False
 
-  def score_sde_numerics(x, labels):
-    return y(config, x, labels, model.backbone, model.refine, False, pytorch_numerics=False)
-
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-
-  class Plain(nn.Module):
-    @nn.compact
-    def __call__(self, x, labels):
-      return score_sde_numerics(x, labels)
-
-  out = Plain().apply(variables, jnp.asarray(reference["x"]),
+  out = ScoreSdeNumerics(config).apply(variables, jnp.asarray(reference["x"]),
                       jnp.asarray(reference["labels"], jnp.int32))
   assert _relative_error(out, reference["y_ema"]) > 1e-3
 

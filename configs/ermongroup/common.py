@@ -67,3 +67,49 @@ def ermongroup_config(*, network, dataset, image_size, channels, sigma_begin, si
   optim.warmup = 0
   optim.grad_clip = -1.
   return config
+
+# Each release's .yml values (and its runner's sampler), by config name.
+RELEASES = {
+    'ncsn_celeba': dict(
+        network='ermongroup_ncsn', dataset='CELEBA', image_size=32, channels=3, sigma_begin=1,
+        sigma_end=0.01, num_classes=10, ngf=128, step_lr=2e-05, n_steps_each=100, denoise=False,
+        output='before_last_step', lr=0.001, n_iters=200001, sampling_batch_size=25),
+    'ncsn_cifar10': dict(
+        network='ermongroup_ncsn', dataset='CIFAR10', image_size=32, channels=3, sigma_begin=1,
+        sigma_end=0.01, num_classes=10, ngf=128, step_lr=2e-05, n_steps_each=100, denoise=False,
+        output='before_last_step', lr=0.001, n_iters=200001, sampling_batch_size=25),
+    'ncsn_mnist': dict(
+        network='ermongroup_ncsn', dataset='MNIST', image_size=28, channels=1, sigma_begin=1,
+        sigma_end=0.01, num_classes=10, ngf=64, step_lr=2e-05, n_steps_each=100, denoise=False,
+        output='before_last_step', lr=0.001, n_iters=200001, random_flip=False,
+        sampling_batch_size=25),
+    'ncsnv2_bedroom': dict(
+        network='ermongroup_ncsnv2_deeper', dataset='LSUN', category='bedroom', image_size=128,
+        channels=3, sigma_begin=190, sigma_end=0.01, num_classes=1086, ngf=128, step_lr=1.8e-06,
+        n_steps_each=3, denoise=True, n_iters=150001, sampling_batch_size=36),
+    'ncsnv2_celeba': dict(
+        network='ermongroup_ncsnv2', dataset='CELEBA', image_size=64, channels=3, sigma_begin=90,
+        sigma_end=0.01, num_classes=500, ngf=128, step_lr=3.3e-06, n_steps_each=5, denoise=True,
+        n_iters=210001, sampling_batch_size=64),
+    'ncsnv2_church': dict(
+        network='ermongroup_ncsnv2_deeper', dataset='LSUN', category='church_outdoor',
+        image_size=64, channels=3, sigma_begin=140, sigma_end=0.01, num_classes=788, ngf=128,
+        step_lr=4.9e-06, n_steps_each=4, denoise=True, n_iters=200001, sampling_batch_size=96),
+    'ncsnv2_cifar10': dict(
+        network='ermongroup_ncsnv2', dataset='CIFAR10', image_size=32, channels=3, sigma_begin=50,
+        sigma_end=0.01, num_classes=232, ngf=128, step_lr=6.2e-06, n_steps_each=5, denoise=True,
+        n_iters=300001, sampling_batch_size=100),
+    'ncsnv2_ffhq': dict(
+        network='ermongroup_ncsnv2_deepest', dataset='FFHQ', image_size=256, channels=3,
+        sigma_begin=348, sigma_end=0.01, num_classes=2311, ngf=128, step_lr=9e-07, n_steps_each=3,
+        denoise=True, n_iters=80001, batch_size=32, eps=0.001, sampling_batch_size=36),
+    'ncsnv2_tower': dict(
+        network='ermongroup_ncsnv2_deeper', dataset='LSUN', category='tower', image_size=128,
+        channels=3, sigma_begin=190, sigma_end=0.01, num_classes=1086, ngf=128, step_lr=1.8e-06,
+        n_steps_each=3, denoise=True, n_iters=150001, sampling_batch_size=36),
+}
+
+
+def release_config(name: str):
+  """The config of release `name` (a key of RELEASES)."""
+  return ermongroup_config(**RELEASES[name])
