@@ -262,9 +262,11 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
   config.sampling.tdas.filter_file; its frequency filter is the `calibrate.method` fit),
   calibration_<N'>.json and calibration_<N'>.png (+ samples_<N'>.png, behaviour_<N'>.png).
   """
+  settings = project_fields.section_with_defaults(config, "calibrate")
+  if tdas_calibration.check_method(settings.method) in tdas_calibration.DATA_METHODS:
+    return calibrate_pds(config, workdir, settings)
   validation.check_sde(config)
   devices.set_matmul_precision(config)
-  settings = project_fields.section_with_defaults(config, "calibrate")
   if str(config.sampling.method).lower() == "ode":
     raise ValueError("--mode calibrate measures a sampler's deviation under fewer steps; "
                      "config.sampling.method='ode' has no number of steps (pick a method with "
@@ -365,6 +367,66 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
                "lambda2 %.4f; wrote %s.", steps, full, transform, method, result["zones"]["r1"],
                result["zones"]["r2"], result["zones"]["lambda1"], result["zones"]["lambda2"],
                filter_path)
+  return summary
+
+
+def write_pds_masks(data_path, image_size, num_channels, num_images, out_dir):
+  """PDS's raw mask statistics of the first `num_images` images of a data set (docs/PDS.md §3a),
+  written as `pds_space.npy` = mean(x²) and `pds_freq.npy` = log(1 + mean |DFT2(x)|²), float32
+  (C, H, W) as PDS saves them. Returns (space path, freq path, images read, space (H, W, C),
+  freq (H, W, C))."""
+  batches = datasets.iterate_images(data_path, image_size, num_channels,
+                                    max_images=num_images)
+  data = np.concatenate(list(batches), axis=0).astype(np.float64) / 255.0
+  if data.shape[0] < 2:
+    raise datasets.DatasetError(f"Data set {data_path!r} holds {data.shape[0]} image(s); PDS's "
+                                "masks need at least 2.")
+  space, freq = tdas_filters.pds_statistics(data)
+  os.makedirs(out_dir, exist_ok=True)
+  paths = os.path.join(out_dir, "pds_space.npy"), os.path.join(out_dir, "pds_freq.npy")
+  tdas_files.save_pds_mask(paths[0], space)
+  tdas_files.save_pds_mask(paths[1], freq)
+  return paths[0], paths[1], data.shape[0], space, freq
+
+
+def calibrate_pds(config, workdir, settings):
+  """`calibrate.method='pds'`: PDS's filter recipe, from the data set rather than from samples.
+
+  Reads the first `calibrate.num_samples` images of `config.data.path` (PDS: 200) and writes
+  under <workdir>/calibration/: pds_space.npy and pds_freq.npy (the raw statistics, for
+  config.sampling.tdas.pds_space_mask / pds_freq_mask), pds_masks.png (the two filters as the
+  sampler applies them with `sampling.tdas.pds_alpha`) and calibration_pds.json. No network runs.
+  """
+  size, channels = int(config.data.image_size), int(config.data.num_channels)
+  num_images = validation.positive_int(settings, "num_samples",
+                                       name="config.calibrate.num_samples")
+  alpha = float(config.sampling.tdas.pds_alpha)
+  if not alpha > 1:
+    raise ValueError(f"config.sampling.tdas.pds_alpha={alpha!r} must be > 1.")
+  data_path = project_fields.section_with_defaults(config, "data").path
+  out_dir = os.path.join(workdir, "calibration")
+  space_path, freq_path, count, space, freq = write_pds_masks(data_path, size, channels,
+                                                              num_images, out_dir)
+  if count < num_images:
+    logging.warning("config.data.path=%r holds %d images, fewer than calibrate.num_samples=%d; "
+                    "the masks average all of them.", data_path, count, num_images)
+  space_filter, freq_filter = (tdas_filters.pds_filter(m, alpha) for m in (space, freq))
+  plots.plot_pds_masks(os.path.join(out_dir, "pds_masks.png"), space_filter, freq_filter,
+                       f"PDS masks of {count} images, alpha = {alpha:g}")
+  flags = [f"--config.sampling.tdas.pds_space_mask={os.path.abspath(space_path)}",
+           f"--config.sampling.tdas.pds_freq_mask={os.path.abspath(freq_path)}",
+           "--config.sampling.tdas.transform=dft",
+           "--config.sampling.tdas.precondition_drift=True"]
+  summary = dict(
+      method="pds", data_path=os.path.abspath(data_path), num_images=count,
+      requested_num_images=num_images, image_size=size, num_channels=channels, alpha=alpha,
+      files=dict(space=os.path.abspath(space_path), freq=os.path.abspath(freq_path)),
+      filter_range=dict(space=[float(space_filter.min()), float(space_filter.max())],
+                        freq=[float(freq_filter.min()), float(freq_filter.max())]),
+      sample_flags=flags)
+  atomic_write_text(os.path.join(out_dir, "calibration_pds.json"), json.dumps(summary, indent=2))
+  logging.info("PDS masks of %d images written to %s; sample with --tdas %s", count, out_dir,
+               " ".join(flags))
   return summary
 
 

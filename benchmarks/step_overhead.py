@@ -6,7 +6,7 @@
 
 Random weights (speed does not depend on them). For each batch size it measures, interleaved in
 one process: a bare forward (a jitted fori_loop of forwards divided by their count, as DESIGN.md
-asks), and each `--methods` sampler's whole jitted run of `--steps` steps with TDAS off and on
+asks; the same forwards as separate jitted calls are recorded beside it), and each `--methods` sampler's whole jitted run of `--steps` steps with TDAS off and on
 (DCT zoned filter + space filter). Reports TDAS's overhead and the run's time over NFE × forward.
 """
 import importlib
@@ -64,8 +64,16 @@ def measure(config, batch, steps, repeats, methods=("pc",)):
   freq = tdas_filters.frequency_filter(shape[1:], 0.4, 0.455, 0.955, 0.878)
   space = tdas_filters.space_filter(np.random.RandomState(0).uniform(0.2, 0.8, shape[1:]))
   tdas = TDAS.from_arrays(space=jax.device_put(space), freq=jax.device_put(freq))
+  single_forward = jax.jit(lambda variables, x: model.apply(variables, x, labels, train=False))
+
+  def forward_calls():  # the same forwards as separate jitted calls, for comparison
+    y = x
+    for _ in range(steps):
+      y = single_forward(variables, y) * 1e-3 + y
+    return y
+
   rng = jax.random.PRNGKey(2)
-  variants = {"forward": lambda: forwards(variables, x)}
+  variants = {"forward": lambda: forwards(variables, x), "forward_calls": forward_calls}
   samplers = {}
   for method in methods:
     samplers[method] = sampler = factory.build(configure(config, method, steps), shape, model)
@@ -83,11 +91,12 @@ def measure(config, batch, steps, repeats, methods=("pc",)):
     rows.append(dict(
         batch=batch, method=method, steps=steps, nfe=sampler.nfe,
         evaluations_per_step=sampler.nfe / steps, forward=forward,
+        forward_separate_calls=best["forward_calls"] / steps,
         step_vanilla=vanilla / steps, step_tdas=colored / steps,
         tdas_overhead=colored / vanilla - 1.0,
         sampler_over_forwards=vanilla / (sampler.nfe * forward),
         compile_seconds={k: v for k, v in compile_seconds.items()
-                         if k == "forward" or k.startswith(method + "_")}))
+                         if k.startswith("forward") or k.startswith(method + "_")}))
   return rows
 
 

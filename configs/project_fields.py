@@ -83,7 +83,8 @@ _CALIBRATE_DEFAULTS = dict(
     steps=0,             # target N'; 0 = from `speedup`, or the sampling's N' when that is 0 too
     speedup=0.0,         # N' = round(model.num_scales / speedup) when steps is 0
     transform='',        # 'dct' | 'dft'; '' = config.sampling.tdas.transform
-    method='zones',      # 'zones' (least squares) | 'quantile' (the paper's rule) | 'radial'
+    method='zones',      # 'zones' (least squares) | 'quantile' (the paper's rule) | 'radial' |
+                         # 'pds' (PDS's masks from data.path's first num_samples images; no sampling)
     num_bins=16,         # radial bins of the profile and of the 'radial' filter
     quantiles=(0.25, 0.33),  # radius quantiles of the 'quantile' rule (Table 4's DFT radii)
     max_gain=10.0,       # gains are clipped to [1 / max_gain, max_gain]

@@ -28,7 +28,9 @@ from tdas import stats
 from tdas.stats import mean_amplitude, radial_profile  # pylint: disable=unused-import
 from tdas.transforms import check_transform
 
-METHODS = ("zones", "quantile", "radial")
+METHODS = ("zones", "quantile", "radial")  # fits of Dev = S(N') / S(N)
+# Filters made from the data set, without sampling: PDS's masks (docs/PDS.md §3).
+DATA_METHODS = ("pds",)
 # The paper's radius quantiles (see the module docstring).
 PAPER_QUANTILES = (0.25, 0.33)
 
@@ -168,9 +170,9 @@ def fit_one_zone_filter(centres, deviation, tolerance: float = 0.01) -> dict:
   return dict(r=r, identity=False, **{"lambda": float(1.0 / np.mean(deviation[start:]))})
 
 
-def check_method(method: str) -> str:
-  if method not in METHODS:
-    raise ValueError(f"config.calibrate.method={method!r} must be one of {METHODS}.")
+def check_method(method: str, allowed=METHODS + DATA_METHODS) -> str:
+  if method not in allowed:
+    raise ValueError(f"config.calibrate.method={method!r} must be one of {tuple(allowed)}.")
   return method
 
 
@@ -196,7 +198,7 @@ def calibrate_frequency_filter(reference_amplitude, accelerated_amplitude, num_c
     profile of Dev), `zones`, `quantile` (dicts r1, r2, lambda1, lambda2), `one_zone` (r,
     lambda), `radial_gains` (num_bins,), `method` and `freq` (H, W, C) float32, the chosen filter.
   """
-  transform, method = check_transform(transform), check_method(method)
+  transform, method = check_transform(transform), check_method(method, METHODS)
   deviation = stats.deviation_ratio(accelerated_amplitude, reference_amplitude)
   height, width = deviation.shape
   shape = (height, width, int(num_channels))

@@ -196,3 +196,23 @@ def plot_sample_sets(path, grids: dict, title: str):
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_pds_masks(path, space_filter, freq_filter, title: str):
+  """PDS's two filters (H, W, C), as the sampler applies them (after softening and inversion):
+  the space filter and the DFT filter (zero frequency in the centre), each the channel mean."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+  panels = (("space filter (channel mean)", np.asarray(space_filter).mean(axis=-1)),
+            ("DFT filter (channel mean, " + _origin_note("dft") + ")",
+             _display(np.asarray(freq_filter).mean(axis=-1), "dft")))
+  for axis, (label, values) in zip(axes, panels):
+    image = axis.imshow(values, cmap="viridis")
+    axis.set_title(label, fontsize=9)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    fig.colorbar(image, ax=axis, fraction=0.046, pad=0.03)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -147,3 +147,41 @@ def test_the_mask_tool_writes_pds_files_from_a_data_set(tmp_path):
   space, freq = filters.pds_statistics(images[:10] / 255.0)
   np.testing.assert_allclose(files.read_pds_mask(space_path, "s", (8, 8, 3)), space, rtol=1e-6)
   np.testing.assert_allclose(files.read_pds_mask(freq_path, "f", (8, 8, 3)), freq, rtol=1e-6)
+
+
+def test_calibrate_mode_makes_pds_masks_from_the_data_without_sampling(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import run_lib  # pylint: disable=g-import-not-at-top
+  images = np.random.RandomState(6).randint(0, 256, (14, 8, 8, 3)).astype(np.uint8)
+  np.savez(tmp_path / "data.npz", images=images)
+  config = get_analytic_config(8, 50)
+  config.data.path = str(tmp_path / "data.npz")
+  config.calibrate.update(dict(method="pds", num_samples=10))
+  summary = run_lib.calibrate(config, str(tmp_path / "work"))  # no checkpoint: nothing is sampled
+  out = tmp_path / "work" / "calibration"
+  space, freq = filters.pds_statistics(images[:10] / 255.0)
+  np.testing.assert_allclose(files.read_pds_mask(str(out / "pds_space.npy"), "s", (8, 8, 3)),
+                             space, rtol=1e-6)
+  np.testing.assert_allclose(files.read_pds_mask(str(out / "pds_freq.npy"), "f", (8, 8, 3)),
+                             freq, rtol=1e-6)
+  assert json.loads((out / "calibration_pds.json").read_text())["num_images"] == 10
+  assert summary["filter_range"]["freq"][0] == pytest.approx(1.0)
+  assert (out / "pds_masks.png").stat().st_size > 0
+  # The flags it prints are the ones the sampler reads.
+  for flag in summary["sample_flags"]:
+    dotted, value = flag[len("--config."):].split("=")
+    section, field = dotted.rsplit(".", 1)
+    target = config
+    for name in section.split("."):
+      target = target[name]
+    target[field] = value == "True" if value in ("True", "False") else value
+  config.sampling.tdas.enabled = True
+  tdas = settings.resolve(config)
+  np.testing.assert_allclose(tdas.freq, filters.pds_filter(freq, 5.0), rtol=1e-6)
+  assert tdas.coloring().precondition
+  config.data.path = str(tmp_path / "missing.npz")
+  with pytest.raises(Exception, match="missing.npz"):
+    run_lib.calibrate(config, str(tmp_path / "work2"))
+  config.calibrate.method = "pdss"
+  with pytest.raises(ValueError, match=r"calibrate.method='pdss' must be one of .*'pds'"):
+    run_lib.calibrate(config, str(tmp_path / "work3"))

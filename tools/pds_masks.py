@@ -7,14 +7,11 @@ reads the first `--num_images` images (PDS: 200) of an image folder or an `.npz`
 in [0, 1], and writes `pds_space.npy` = mean(x²) and `pds_freq.npy` = log(1 + mean |DFT2(x)|²)
 (unnormalised DFT, no shift), each float32 (C, H, W) as PDS saves them. Point
 `config.sampling.tdas.pds_space_mask` / `pds_freq_mask` at them; `pds_alpha` softens both.
+`--mode calibrate --config.calibrate.method=pds` writes the same files from `config.data.path`.
 """
-import os
-
-import numpy as np
 from absl import app, flags
 
-import datasets
-from tdas import files, filters
+import run_lib
 
 flags.DEFINE_string("data", None, "An image folder (PNG/JPEG) or an .npz with `images` uint8.")
 flags.DEFINE_integer("image_size", None, "Image size of the data set.")
@@ -26,14 +23,10 @@ FLAGS = flags.FLAGS
 
 def write_masks(data, image_size, num_channels, num_images, out_dir):
   """Writes the two raw statistics; returns their paths (space, freq)."""
-  batches = datasets.iterate_images(data, image_size, num_channels, max_images=num_images)
-  images = np.concatenate(list(batches), axis=0).astype(np.float64) / 255.0
-  space, freq = filters.pds_statistics(images)
-  paths = os.path.join(out_dir, "pds_space.npy"), os.path.join(out_dir, "pds_freq.npy")
-  files.save_pds_mask(paths[0], space)
-  files.save_pds_mask(paths[1], freq)
-  print(f"{images.shape[0]} images -> {paths[0]}, {paths[1]}")
-  return paths
+  space_path, freq_path, count, _, _ = run_lib.write_pds_masks(data, image_size, num_channels,
+                                                               num_images, out_dir)
+  print(f"{count} images -> {space_path}, {freq_path}")
+  return space_path, freq_path
 
 
 def main(argv):
