@@ -2,9 +2,10 @@
 for that sampler and budget.
 
     python -m benchmarks.samplers_analytic --out benchmarks/results/samplers_analytic.json
+    python -m benchmarks.samplers_analytic --config lsun256 --cases 1 --nfe 20 ...   # 256 px
 
-The target is `configs/analytic/ffhq64.py`'s Gaussian (64 px, VE σ_max = 100), with its FFHQ-like
-mean (0.52, 0.43, 0.38) and with mean 0, with and without the score error of SEMANTICS §7 (a
+The target is `configs/analytic/ffhq64.py`'s Gaussian (64 px, VE σ_max = 100; `--config lsun256`:
+256 px, σ_max = 348, LSUN-like mean), with its mean and with mean 0, with and without the score error of SEMANTICS §7 (a
 model that under-corrects high frequencies at low noise, as the TDAS paper measured for NCSN++).
 For each case, method and NFE budget it draws `--num_samples` samples and reports the
 per-dimension W2 to the target (`models.analytic.dct_diagonal_w2`; its floor is that of as many
@@ -13,6 +14,7 @@ the method's own samples: Dev = S(budget) / S(reference) with the reference at `
 (PC: the config's 2000 steps), zones fitted by least squares; then the method samples again with
 that filter. Writes JSON and prints the README's table.
 """
+import importlib
 import json
 import os
 
@@ -22,7 +24,6 @@ import numpy as np
 
 from atomic_io import atomic_write_text
 from benchmarks.sampler_budgets import LABELS, METHODS, configure, steps_for
-from configs.analytic import ffhq64
 from models import analytic
 from sampling import factory
 from tdas import calibration
@@ -30,6 +31,11 @@ from tdas import stats as tdas_stats
 from tdas.settings import TDAS
 
 flags.DEFINE_string("out", "samplers_analytic.json", "JSON output.")
+flags.DEFINE_string("config", "ffhq64", "Analytic config under configs/analytic/.")
+flags.DEFINE_list("cases", ["0", "1", "2", "3"], "Indices of the cases run (CASES: 0 mean, exact "
+                  "score; 1 mean, score error; 2 mean 0, exact; 3 mean 0, score error).")
+flags.DEFINE_integer("batch_size", 0, "Samples per sampler call (0: all of a point at once); "
+                     "smaller batches bound the memory at 256 px.")
 flags.DEFINE_list("methods", list(METHODS), "Methods to rank.")
 flags.DEFINE_list("nfe", ["10", "20", "40", "80"], "NFE budgets.")
 flags.DEFINE_list("tdas_nfe", ["20"], "Budgets at which each method is also run with TDAS.")
@@ -46,8 +52,8 @@ CASES = (("mean 0.5, exact score", False, True), ("mean 0.5, score error", True,
          ("mean 0, exact score", False, False), ("mean 0, score error", True, False))
 
 
-def case_config(score_error: bool, with_mean: bool):
-  config = ffhq64.get_config()
+def case_config(score_error: bool, with_mean: bool, config_name: str = "ffhq64"):
+  config = importlib.import_module(f"configs.analytic.{config_name}").get_config()
   config.model.score_error = score_error
   if not with_mean:
     config.model.target_mean, config.model.target_mean_radial = (0.0, 0.0, 0.0), 0.0
@@ -58,22 +64,33 @@ def case_config(score_error: bool, with_mean: bool):
 _SAMPLERS = {}
 
 
-def draw(config, method, steps, num, seed, tdas=None):
-  """(samples, NFE); one compiled sampler per (method, steps, score error, batch), shared by the
-  targets (the target is an argument: its mean and variances are the model's variables)."""
-  key = (method, steps, bool(config.model.score_error), num)
+def draw(config, method, steps, num, seed, tdas=None, batch_size=0):
+  """(samples (num, H, W, C), NFE per sample); one compiled sampler per (method, steps, score
+  error, batch), shared by the targets (the target is an argument: its mean and variances are
+  the model's variables). With `batch_size` the samples come in chunks, chunk i from
+  fold_in(PRNGKey(seed), i); without it, in one call from PRNGKey(seed)."""
+  size, channels = config.data.image_size, config.data.num_channels
+  batch = min(batch_size or num, num)
+  key = (method, steps, bool(config.model.score_error), batch, size)
   if key not in _SAMPLERS:
-    _SAMPLERS[key] = factory.build(configure(config, method, steps), (num, 64, 64, 3))
-  x, nfe = _SAMPLERS[key].sample(jax.random.PRNGKey(seed), analytic.target_variables(config),
-                                 tdas)
-  return np.asarray(x), int(nfe)
+    _SAMPLERS[key] = factory.build(configure(config, method, steps),
+                                   (batch, size, size, channels))
+  variables = analytic.target_variables(config)
+  chunks, nfe = [], 0
+  for index in range(-(-num // batch)):
+    rng = jax.random.PRNGKey(seed)
+    if batch < num:
+      rng = jax.random.fold_in(rng, index)
+    x, nfe = _SAMPLERS[key].sample(rng, variables, tdas)
+    chunks.append(np.asarray(x))
+  return np.concatenate(chunks)[:num], int(nfe)
 
 
 def run(methods, budgets, tdas_budgets, reference_nfe, num_samples, calibration_samples,
-        mean_blind=()):
+        mean_blind=(), config_name="ffhq64", cases=(0, 1, 2, 3), batch_size=0):
   rows = []
-  for case, score_error, with_mean in CASES:
-    config = case_config(score_error, with_mean)
+  for case, score_error, with_mean in (CASES[i] for i in cases):
+    config = case_config(score_error, with_mean, config_name)
     variables = analytic.target_variables(config)
     floor = analytic.dct_diagonal_w2(np.asarray(analytic.sample_target(
         jax.random.PRNGKey(99), variables, num_samples)), variables)
@@ -83,26 +100,28 @@ def run(methods, budgets, tdas_budgets, reference_nfe, num_samples, calibration_
       reference = None
       for nfe_budget in budgets:
         steps = steps_for(method, nfe_budget)
-        x, nfe = draw(config, method, steps, num_samples, 0)
+        x, nfe = draw(config, method, steps, num_samples, 0, batch_size=batch_size)
         row = dict(case=case, method=method, steps=steps, nfe=nfe, w2_floor=floor,
                    w2=analytic.dct_diagonal_w2(x, variables))
         if nfe_budget in tdas_budgets:
           if reference is None:
             full = 2000 if method == "pc" else steps_for(method, reference_nfe)
             reference = tdas_stats.mean_amplitude(
-                draw(config, method, full, calibration_samples, 1000)[0], "dct")
+                draw(config, method, full, calibration_samples, 1000,
+                     batch_size=batch_size)[0], "dct")
           accelerated = tdas_stats.mean_amplitude(
-              draw(config, method, steps, calibration_samples, 1000)[0], "dct")
+              draw(config, method, steps, calibration_samples, 1000, batch_size=batch_size)[0],
+              "dct")
           fit = calibration.calibrate_frequency_filter(reference, accelerated, 3, "dct",
                                                        "zones", 16)
           x_tdas, _ = draw(config, method, steps, num_samples, 0, TDAS.from_arrays(
-              freq=fit["freq"]))
+              freq=fit["freq"]), batch_size=batch_size)
           row.update(w2_tdas=analytic.dct_diagonal_w2(x_tdas, variables),
                      filter={k: fit["zones"][k] for k in ("r1", "r2", "lambda1", "lambda2")})
         rows.append(row)
         logging.info("%s", row)
         print(row, flush=True)
-  return dict(config="configs/analytic/ffhq64.py", num_samples=num_samples,
+  return dict(config=f"configs/analytic/{config_name}.py", num_samples=num_samples,
               mean_blind=list(mean_blind),
               calibration_samples=calibration_samples, reference_nfe=reference_nfe,
               device=str(jax.devices()[0].device_kind), rows=rows)
@@ -113,6 +132,8 @@ def table_text(result, budgets) -> str:
   lines = []
   for case, _, _ in CASES:
     rows = [r for r in result["rows"] if r["case"] == case]
+    if not rows:
+      continue
     lines += [f"**{case}** (floor {rows[0]['w2_floor']:.4f})", "",
               "| sampler | " + " | ".join(f"NFE ≈ {b}" for b in budgets) + " |",
               "|---|" + "---:|" * len(budgets)]
@@ -136,7 +157,8 @@ def main(argv):
   budgets = [int(n) for n in FLAGS.nfe]
   result = run(list(FLAGS.methods), budgets, [int(n) for n in FLAGS.tdas_nfe],
                FLAGS.reference_nfe, FLAGS.num_samples, FLAGS.calibration_samples,
-               list(FLAGS.mean_blind))
+               list(FLAGS.mean_blind), FLAGS.config, [int(c) for c in FLAGS.cases],
+               FLAGS.batch_size)
   result["methods"] = list(FLAGS.methods)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2) + "\n")

@@ -30,7 +30,7 @@ flags.DEFINE_integer("nf", 16, "Network width (model.nf); 0 keeps the config's."
 flags.DEFINE_list("batch", ["1"], "Batch sizes.")
 flags.DEFINE_integer("steps", 4, "Sampler steps per timed call.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats of each variant (interleaved); the minimum "
-                     "is reported.")
+                     "and the median of each round's ratios are reported.")
 flags.DEFINE_string("out", "step_overhead.json", "JSON output.")
 flags.DEFINE_list("methods", ["pc"], "Sampling methods to time (config.sampling.method).")
 flags.DEFINE_enum("precision", "highest", ["default", "high", "highest"],
@@ -80,20 +80,32 @@ def measure(config, batch, steps, repeats, methods=("pc",)):
     variants[f"{method}_vanilla"] = lambda s=sampler: s.sample(rng, variables, None).samples
     variants[f"{method}_tdas"] = lambda s=sampler: s.sample(rng, variables, tdas).samples
   compile_seconds = {name: _time(fn) for name, fn in variants.items()}  # first call compiles
-  best = {name: float("inf") for name in variants}
+  times = {name: [] for name in variants}
   for _ in range(repeats):  # interleaved, so that the machine's drift hits every variant alike
     for name, fn in variants.items():
-      best[name] = min(best[name], _time(fn))
+      times[name].append(_time(fn))
+  times = {name: np.array(values) for name, values in times.items()}
+  best = {name: float(values.min()) for name, values in times.items()}
   forward = best["forward"] / steps
   rows = []
   for method, sampler in samplers.items():
     vanilla, colored = best[f"{method}_vanilla"], best[f"{method}_tdas"]
+    # Ratios within each interleaved round, whose median resists the machine's slow drift.
+    round_ratio = times[f"{method}_vanilla"] / (sampler.nfe * times["forward"] / steps)
+    round_ratio_tdas = times[f"{method}_tdas"] / (sampler.nfe * times["forward"] / steps)
     rows.append(dict(
         batch=batch, method=method, steps=steps, nfe=sampler.nfe,
         evaluations_per_step=sampler.nfe / steps, forward=forward,
         forward_separate_calls=best["forward_calls"] / steps,
         step_vanilla=vanilla / steps, step_tdas=colored / steps,
         tdas_overhead=colored / vanilla - 1.0,
+        tdas_overhead_median=float(np.median(times[f"{method}_tdas"]
+                                             / times[f"{method}_vanilla"]) - 1.0),
+        sampler_over_forwards_median=float(np.median(round_ratio)),
+        sampler_over_forwards_tdas_median=float(np.median(round_ratio_tdas)),
+        seconds=dict(forward=times["forward"].tolist(),
+                     vanilla=times[f"{method}_vanilla"].tolist(),
+                     tdas=times[f"{method}_tdas"].tolist()),
         sampler_over_forwards=vanilla / (sampler.nfe * forward),
         compile_seconds={k: v for k, v in compile_seconds.items()
                          if k.startswith("forward") or k.startswith(method + "_")}))
@@ -117,12 +129,14 @@ def main(argv):
   print(f"{FLAGS.config} at {config.data.image_size} px, nf {config.model.nf}, on "
         f"{result['device']}, matmul precision {FLAGS.precision}")
   print("| batch | method | NFE | forward (s) | step vanilla (s) | step TDAS (s) | TDAS overhead "
-        "| run / (NFE x forward) |")
+        "(best; median) | run / (NFE x forward) (best; median; TDAS median) |")
   print("|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['batch']} | {r['method']} | {r['nfe']} | {r['forward']:.4f} | "
-          f"{r['step_vanilla']:.4f} | {r['step_tdas']:.4f} | {100 * r['tdas_overhead']:+.1f} % | "
-          f"{r['sampler_over_forwards']:.3f} |")
+          f"{r['step_vanilla']:.4f} | {r['step_tdas']:.4f} | {100 * r['tdas_overhead']:+.1f} %; "
+          f"{100 * r['tdas_overhead_median']:+.1f} % | {r['sampler_over_forwards']:.3f}; "
+          f"{r['sampler_over_forwards_median']:.3f}; "
+          f"{r['sampler_over_forwards_tdas_median']:.3f} |")
 
 
 if __name__ == "__main__":
