@@ -60,13 +60,15 @@ def save_png(path, image: np.ndarray):
   Image.fromarray(image).save(path)
 
 
-def save_comparison(path, vanilla: np.ndarray, tdas: np.ndarray, steps: int, nfe: int):
-  """Side-by-side grids of the same seed without and with TDAS (uint8 (N, H, W, C) each)."""
+def save_comparison(path, vanilla: np.ndarray, tdas: np.ndarray, steps: int, nfe: int,
+                    label: str = "TDAS"):
+  """Side-by-side grids of the same seed without and with TDAS (uint8 (N, H, W, C) each);
+  `label` names the right-hand sampler."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-  for axis, images, title in ((axes[0], vanilla, "vanilla"), (axes[1], tdas, "TDAS")):
+  for axis, images, title in ((axes[0], vanilla, "vanilla"), (axes[1], tdas, label)):
     grid = image_grid(images)
     axis.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray")
     axis.set_title(f"{title}: {steps} steps, {nfe} NFE")

@@ -136,8 +136,9 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
                              tdas.without_filters(), progress_label="vanilla comparison")
     vanilla = images.to_uint8(vanilla, config.data.centered)[round_rows(0)][:64]
     if writes_pictures:
+      label = "PDS" if tdas.pds_masks is not None and tdas.precondition_drift else "TDAS"
       images.save_comparison(os.path.join(out_dir, "vanilla_vs_tdas.png"), vanilla, first,
-                             steps, timing["nfe"])
+                             steps, timing["nfe"], label)
   if config.sampling.get("export_arr0", False) and jax.process_count() == 1:
     export = images.export_arr0(out_dir, [sample_rounds.round_path(out_dir, r, suffix)
                                           for r in range(num_rounds)])
@@ -413,7 +414,9 @@ def calibrate_pds(config, workdir, settings):
   space_filter, freq_filter = (tdas_filters.pds_filter(m, alpha) for m in (space, freq))
   plots.plot_pds_masks(os.path.join(out_dir, "pds_masks.png"), space_filter, freq_filter,
                        f"PDS masks of {count} images, alpha = {alpha:g}")
-  flags = [f"--config.sampling.tdas.pds_space_mask={os.path.abspath(space_path)}",
+  flags = ["--tdas", "--config.sampling.tdas.filter_file=", "--config.sampling.tdas.use_space=True",
+           "--config.sampling.tdas.use_frequency=True",
+           f"--config.sampling.tdas.pds_space_mask={os.path.abspath(space_path)}",
            f"--config.sampling.tdas.pds_freq_mask={os.path.abspath(freq_path)}",
            "--config.sampling.tdas.transform=dft",
            "--config.sampling.tdas.precondition_drift=True"]
@@ -425,7 +428,7 @@ def calibrate_pds(config, workdir, settings):
                         freq=[float(freq_filter.min()), float(freq_filter.max())]),
       sample_flags=flags)
   atomic_write_text(os.path.join(out_dir, "calibration_pds.json"), json.dumps(summary, indent=2))
-  logging.info("PDS masks of %d images written to %s; sample with --tdas %s", count, out_dir,
+  logging.info("PDS masks of %d images written to %s; sample with %s", count, out_dir,
                " ".join(flags))
   return summary
 

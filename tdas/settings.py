@@ -164,6 +164,13 @@ def resolve(config) -> TDAS:
   tdas = effective_fields(config)
   transform = check_transform(tdas.transform)
   if not tdas.enabled:
+    unused = [name for name in ("filter_file", "pds_space_mask", "pds_freq_mask")
+              if tdas.get(name, "")] + (["precondition_drift"]
+                                        if tdas.get("precondition_drift", False) else [])
+    if unused:
+      logging.warning("config.sampling.tdas.%s is set but TDAS is off, so the sampler is vanilla: "
+                      "pass --tdas (config.sampling.tdas.enabled=True) to use it.",
+                      ", ".join(unused))
     return TDAS(enabled=False, transform=transform, apply_to=tdas.apply_to)
   if tdas.get("preset", ""):
     logging.info("TDAS preset %s: transform %s, r1 %.3f, r2 %.3f, lambda1 %.3f, lambda2 %.3f.",

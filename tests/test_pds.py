@@ -1,5 +1,7 @@
 """PDS (Preconditioned Diffusion Sampling): its drift operator, its masks, its speed-up rule, and
 its PC sampler reproduced (against a float64 transcription of docs/PDS.md §2)."""
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,13 +170,17 @@ def test_calibrate_mode_makes_pds_masks_from_the_data_without_sampling(tmp_path)
   assert summary["filter_range"]["freq"][0] == pytest.approx(1.0)
   assert (out / "pds_masks.png").stat().st_size > 0
   # The flags it prints are the ones the sampler reads.
-  for flag in summary["sample_flags"]:
+  assert summary["sample_flags"][0] == "--tdas"
+  for flag in summary["sample_flags"][1:]:
     dotted, value = flag[len("--config."):].split("=")
     section, field = dotted.rsplit(".", 1)
     target = config
     for name in section.split("."):
       target = target[name]
     target[field] = value == "True" if value in ("True", "False") else value
+  with mock.patch.object(settings.logging, "warning") as warning:  # masks set, TDAS off: said
+    assert not settings.resolve(config).enabled
+  assert "pass --tdas" in warning.call_args[0][0]
   config.sampling.tdas.enabled = True
   tdas = settings.resolve(config)
   np.testing.assert_allclose(tdas.freq, filters.pds_filter(freq, 5.0), rtol=1e-6)
