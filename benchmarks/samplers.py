@@ -40,6 +40,11 @@ flags.DEFINE_list("pc_nfe", ["200", "400"], "Extra budgets for PC, which needs f
 flags.DEFINE_list("tdas_nfe", ["20"], "Budgets at which each method is also run with TDAS.")
 flags.DEFINE_list("pds_nfe", ["20", "40"], "Budgets at which PC also runs as PDS (its masks from "
                   "200 training digits, alpha 5, preconditioned drift).")
+flags.DEFINE_list("variants", list(VARIANTS), "Which variants run (e.g. `tdas` alone, to add "
+                  "budgets to an earlier run with --merge).")
+flags.DEFINE_string("merge", "", "An earlier run's JSON: its rows are kept wherever this run has "
+                    "no row of the same method, variant, NFE and seed, and the table and plot "
+                    "cover both. The sample grids show this run only.")
 FLAGS = flags.FLAGS
 
 
@@ -64,7 +69,7 @@ def pds_masks(workdir: str):
 
 
 def run(workdir, methods, budgets, pc_budgets, tdas_budgets, num_samples, seeds,
-        calibration_samples, bins, pds_budgets=()):
+        calibration_samples, bins, pds_budgets=(), variants_run=VARIANTS):
   base = digits_ncsnpp.get_config()
   base.sampling.tdas.use_space = False
   base.sampling.vanilla_comparison = False
@@ -88,6 +93,8 @@ def run(workdir, methods, budgets, pc_budgets, tdas_budgets, num_samples, seeds,
       if method == "pc" and nfe_budget in pds_budgets:
         variants.append(("pds", "", masks))
       for variant, filter_file, variant_masks in variants:
+        if variant not in variants_run:
+          continue
         config = method_config(base, method, steps, filter_file, variant_masks)
         sampler = factory.build(config, shape)
         tdas = tdas_settings.resolve(config)
@@ -123,6 +130,34 @@ def summarise(rows):
       entry[field + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     table.append(entry)
   return table
+
+
+def merge(earlier: dict, result: dict) -> dict:
+  """`result` with the rows of `earlier` that it has no row for (same method, variant, NFE and
+  seed), its methods and calibrations added, and the table recomputed."""
+  key = lambda r: (r["method"], r["variant"], r["nfe"], r["seed"])
+  if earlier["num_samples"] != result["num_samples"] or earlier["config"] != result["config"]:
+    raise ValueError("--merge: the earlier run used another config or num_samples "
+                     f"({earlier['config']}, {earlier['num_samples']}); its rows do not compare.")
+  present = {key(r) for r in result["rows"]}
+  merged = dict(result)
+  merged["rows"] = [r for r in earlier["rows"] if key(r) not in present] + result["rows"]
+  merged["methods"] = [m for m in METHODS if m in set(earlier["methods"]) | set(result["methods"])]
+  merged["calibrations"] = {**earlier.get("calibrations", {}), **result["calibrations"]}
+  merged["seeds"] = max(earlier["seeds"], result["seeds"])
+  merged["real_floor"] = earlier["real_floor"]
+  merged["table"] = summarise(merged["rows"])
+  merged["budgets"] = sorted(set(budgets_of(earlier)) | set(budgets_of(result)))
+  return merged
+
+
+def budgets_of(result: dict) -> list:
+  """The NFE budgets a run was asked for; inferred for runs that did not record them (Heun and
+  EDM spend 2n − 1 of a budget 2n)."""
+  if "budgets" in result:
+    return list(result["budgets"])
+  return sorted({e["nfe"] + (1 if e["method"] in ("heun", "edm") else 0)
+                 for e in result["table"]})
 
 
 def nfe_column(nfe: int, budgets) -> int:
@@ -225,11 +260,15 @@ def main(argv):
   result, previews = run(FLAGS.workdir, list(FLAGS.methods), budgets, pc_budgets,
                          [int(n) for n in FLAGS.tdas_nfe], FLAGS.num_samples, FLAGS.seeds,
                          FLAGS.calibration_samples, FLAGS.bins,
-                         [int(n) for n in FLAGS.pds_nfe if n])
+                         [int(n) for n in FLAGS.pds_nfe if n], tuple(FLAGS.variants))
+  result["budgets"] = sorted(set(budgets + pc_budgets))
+  if FLAGS.merge:
+    with open(FLAGS.merge) as f:
+      result = merge(json.load(f), result)
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2) + "\n")
   plot(result, stem + ".png")
   save_grids(stem + "_grids.png", previews, result["methods"], sorted(budgets + pc_budgets))
-  print(table_text(result, budgets + pc_budgets))
+  print(table_text(result, result["budgets"]))
 
 
 if __name__ == "__main__":
