@@ -253,7 +253,7 @@ def _finite_or_none(values):
 
 
 def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
-  """Fit TDAS's frequency filter for N' steps to the vanilla sampler's spectral deviation.
+  """Fit TDAS's frequency filter for N' steps to the vanilla sampler's deviation (or PDS's masks).
 
   The sampler is `config.sampling.method` (any method with steps). Draws `calibrate.num_samples`
   vanilla samples at the full N (the reference, cached under
@@ -262,6 +262,7 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
   filter, and writes <workdir>/calibration/: filters_<N'>.npz (for
   config.sampling.tdas.filter_file; its frequency filter is the `calibrate.method` fit),
   calibration_<N'>.json and calibration_<N'>.png (+ samples_<N'>.png, behaviour_<N'>.png).
+  `calibrate.method = 'pds'` makes PDS's masks from the data set instead (`calibrate_pds`).
   """
   settings = project_fields.section_with_defaults(config, "calibrate")
   if tdas_calibration.check_method(settings.method) in tdas_calibration.DATA_METHODS:

@@ -120,7 +120,8 @@ def main(argv):
     config.model.nf = FLAGS.nf
   rows = [row for b in FLAGS.batch
           for row in measure(config, int(b), FLAGS.steps, FLAGS.repeats, FLAGS.methods)]
-  result = dict(config=FLAGS.config, nf=config.model.nf, precision=FLAGS.precision, image_size=config.data.image_size,
+  result = dict(config=FLAGS.config, nf=config.model.nf, precision=FLAGS.precision,
+                image_size=config.data.image_size, xla_flags=os.environ.get("XLA_FLAGS", ""),
                 device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform,
                 rows=rows)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
