@@ -415,8 +415,8 @@ def calibrate_pds(config, workdir, settings):
   space_filter, freq_filter = (tdas_filters.pds_filter(m, alpha) for m in (space, freq))
   plots.plot_pds_masks(os.path.join(out_dir, "pds_masks.png"), space_filter, freq_filter,
                        f"PDS masks of {count} images, alpha = {alpha:g}")
-  flags = ["--tdas", "--config.sampling.tdas.filter_file=", "--config.sampling.tdas.use_space=True",
-           "--config.sampling.tdas.use_frequency=True",
+  flags = ["--tdas", "--config.sampling.tdas.filter_file=",
+           "--config.sampling.tdas.use_space=True", "--config.sampling.tdas.use_frequency=True",
            f"--config.sampling.tdas.pds_space_mask={os.path.abspath(space_path)}",
            f"--config.sampling.tdas.pds_freq_mask={os.path.abspath(freq_path)}",
            "--config.sampling.tdas.transform=dft",

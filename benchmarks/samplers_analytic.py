@@ -2,11 +2,13 @@
 for that sampler and budget.
 
     python -m benchmarks.samplers_analytic --out benchmarks/results/samplers_analytic.json
-    python -m benchmarks.samplers_analytic --config lsun256 --cases 1 --nfe 20 ...   # 256 px
+    python -m benchmarks.samplers_analytic --config lsun256 --cases 1 --nfe 20 \
+        --methods heun --batch_size 500 --out samplers_analytic_256.json      # the 256 px point
 
 The target is `configs/analytic/ffhq64.py`'s Gaussian (64 px, VE σ_max = 100; `--config lsun256`:
-256 px, σ_max = 348, LSUN-like mean), with its mean and with mean 0, with and without the score error of SEMANTICS §7 (a
-model that under-corrects high frequencies at low noise, as the TDAS paper measured for NCSN++).
+256 px, σ_max = 348, LSUN-like mean), with its mean and with mean 0, with and without the score
+error of SEMANTICS §7 (a model that under-corrects high frequencies at low noise, as the TDAS
+paper measured for NCSN++).
 For each case, method and NFE budget it draws `--num_samples` samples and reports the
 per-dimension W2 to the target (`models.analytic.dct_diagonal_w2`; its floor is that of as many
 exact samples). At the `--tdas_nfe` budgets TDAS is calibrated as `--mode calibrate` does, from

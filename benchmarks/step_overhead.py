@@ -6,8 +6,10 @@
 
 Random weights (speed does not depend on them). For each batch size it measures, interleaved in
 one process: a bare forward (a jitted fori_loop of forwards divided by their count, as DESIGN.md
-asks; the same forwards as separate jitted calls are recorded beside it), and each `--methods` sampler's whole jitted run of `--steps` steps with TDAS off and on
-(DCT zoned filter + space filter). Reports TDAS's overhead and the run's time over NFE × forward.
+asks; the same forwards as separate jitted calls are recorded beside it), and each `--methods`
+sampler's whole jitted run of `--steps` steps with TDAS off and on (DCT zoned filter + space
+filter). Reports TDAS's overhead and the run's time over NFE × forward: from the best of the
+repeats, and as the median of each interleaved round's ratios.
 """
 import importlib
 import json
