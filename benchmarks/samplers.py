@@ -136,6 +136,9 @@ def merge(earlier: dict, result: dict) -> dict:
   """`result` with the rows of `earlier` that it has no row for (same method, variant, NFE and
   seed), its methods and calibrations added, and the table recomputed."""
   key = lambda r: (r["method"], r["variant"], r["nfe"], r["seed"])
+  if "budgets" not in earlier:
+    raise ValueError("--merge: the earlier run's JSON records no `budgets` (written by this "
+                     "benchmark since --merge exists); rerun it.")
   if earlier["num_samples"] != result["num_samples"] or earlier["config"] != result["config"]:
     raise ValueError("--merge: the earlier run used another config or num_samples "
                      f"({earlier['config']}, {earlier['num_samples']}); its rows do not compare.")
@@ -147,17 +150,8 @@ def merge(earlier: dict, result: dict) -> dict:
   merged["seeds"] = max(earlier["seeds"], result["seeds"])
   merged["real_floor"] = earlier["real_floor"]
   merged["table"] = summarise(merged["rows"])
-  merged["budgets"] = sorted(set(budgets_of(earlier)) | set(budgets_of(result)))
+  merged["budgets"] = sorted(set(earlier["budgets"]) | set(result["budgets"]))
   return merged
-
-
-def budgets_of(result: dict) -> list:
-  """The NFE budgets a run was asked for; inferred for runs that did not record them (Heun and
-  EDM spend 2n − 1 of a budget 2n)."""
-  if "budgets" in result:
-    return list(result["budgets"])
-  return sorted({e["nfe"] + (1 if e["method"] in ("heun", "edm") else 0)
-                 for e in result["table"]})
 
 
 def nfe_column(nfe: int, budgets) -> int:

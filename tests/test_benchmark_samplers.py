@@ -39,7 +39,7 @@ def test_merge_adds_an_earlier_runs_rows_and_budgets():
   earlier_rows = [row("euler", "vanilla", 20, s, 60.0 + s) for s in (0, 1)] + [
       row("heun", "vanilla", 19, s, 50.0) for s in (0, 1)] + [
       row("euler", "tdas", 10, 0, 99.0)]
-  earlier = dict(config="c", num_samples=250, methods=["euler", "heun"], seeds=2,
+  earlier = dict(config="c", num_samples=250, methods=["euler", "heun"], seeds=2, budgets=[20],
                  calibrations={"euler_20": 1}, real_floor=dict(frechet_distance=24.8),
                  rows=earlier_rows, table=samplers.summarise(earlier_rows))
   new_rows = [row("euler", "tdas", 10, s, 70.0 + s) for s in (0, 1)]
@@ -47,11 +47,14 @@ def test_merge_adds_an_earlier_runs_rows_and_budgets():
                 calibrations={"euler_10": 2}, real_floor={}, rows=new_rows,
                 table=samplers.summarise(new_rows))
   merged = samplers.merge(earlier, result)
-  assert merged["budgets"] == [10, 20]  # Heun's 19 NFE is the 20 budget
+  assert merged["budgets"] == [10, 20]
   assert merged["methods"] == ["euler", "heun"] and len(merged["rows"]) == 6
   tdas = next(e for e in merged["table"] if e["variant"] == "tdas")
   assert tdas["frechet_distance"] == 70.5  # this run's seed-0 row replaced the earlier one
   assert merged["calibrations"] == {"euler_20": 1, "euler_10": 2}
   result["num_samples"] = 100
   with pytest.raises(ValueError, match="num_samples"):
+    samplers.merge(earlier, result)
+  del earlier["budgets"]
+  with pytest.raises(ValueError, match="no `budgets`"):
     samplers.merge(earlier, result)
