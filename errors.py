@@ -1,0 +1,17 @@
+"""The project's user-error type.
+
+`main.py` prints a `UserError` as one line (`Error: ...`) and exits with status 1: a missing file, a
+config value out of range, a checkpoint that does not fit its config, NaNs during sampling. Any
+other exception is a bug in this project and keeps its traceback.
+
+`UserError` subclasses `ValueError`, so code that already catches `ValueError` around a call keeps
+working; `MissingFileError` is also a `FileNotFoundError`.
+"""
+
+
+class UserError(ValueError):
+  """A mistake in the user's input: the message names the config field, flag or file to fix."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or folder the run needs is not where the config or a flag says it is."""
