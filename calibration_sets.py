@@ -17,6 +17,7 @@ from configs import project_fields
 from sampling import devices, factory
 from tdas import files as tdas_files
 from tdas import stats as tdas_stats
+from errors import UserError
 
 # Images per preview grid kept with the cached sample statistics.
 PREVIEW_IMAGES = 16
@@ -31,10 +32,10 @@ def calibration_steps(config):
   full = int(config.model.num_scales)
   steps, speedup = int(settings.steps), float(settings.speedup)
   if steps < 0:
-    raise ValueError(f"config.calibrate.steps must be >= 0 (0 = from calibrate.speedup), got "
+    raise UserError(f"config.calibrate.steps must be >= 0 (0 = from calibrate.speedup), got "
                      f"{steps}.")
   if speedup < 0:
-    raise ValueError(f"config.calibrate.speedup must be >= 0 (0 = unset), got {speedup}.")
+    raise UserError(f"config.calibrate.speedup must be >= 0 (0 = unset), got {speedup}.")
   if steps == 0:
     steps = (max(1, int(round(full / speedup))) if speedup > 0
              else factory.sampling_steps(config)[0])

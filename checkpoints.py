@@ -26,6 +26,7 @@ from flax import serialization, traverse_util
 
 from atomic_io import atomic_write
 from models import utils as model_utils
+from errors import MissingFileError, UserError
 
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
 _PYTORCH_CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)\.pth$")
@@ -33,7 +34,7 @@ _PYTORCH_SUFFIXES = (".pth", ".pt")
 _MAX_LISTED_DIFFERENCES = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
   """A checkpoint that cannot be read, or that does not fit the config's model."""
 
 
@@ -77,7 +78,7 @@ def find_checkpoint(path: str, step: Optional[int] = None) -> str:
     step: which n to take from a folder; None or 0 = the newest.
   """
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"Checkpoint path {path!r} does not exist. Put a released score_sde checkpoint at "
         "<workdir>/checkpoints/checkpoint_<n> (or a score_sde_pytorch one at "
         "<workdir>/checkpoints/checkpoint_<n>.pth), or pass the file itself.")
@@ -94,19 +95,19 @@ def find_checkpoint(path: str, step: Optional[int] = None) -> str:
       if not step:
         return found[max(found)]
       if step not in found:
-        raise FileNotFoundError(f"There is no checkpoint_{step} in {candidate!r}; it holds "
+        raise MissingFileError(f"There is no checkpoint_{step} in {candidate!r}; it holds "
                                 f"steps {sorted(found)}.")
       return found[step]
     if pytorch_other:
       if len(pytorch_other) > 1:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{candidate!r} holds several PyTorch checkpoints whose names give no step "
             f"({', '.join(os.path.basename(p) for p in pytorch_other)}); pass the file itself.")
       if step:
-        raise FileNotFoundError(f"There is no checkpoint_{step} in {candidate!r}; it holds only "
+        raise MissingFileError(f"There is no checkpoint_{step} in {candidate!r}; it holds only "
                                 f"{os.path.basename(pytorch_other[0])!r}.")
       return pytorch_other[0]
-  raise FileNotFoundError(
+  raise MissingFileError(
       f"No checkpoint_<n> file (nor *.pth) in {' or '.join(repr(f) for f in folders)}. A "
       "released score_sde checkpoint belongs at <workdir>/checkpoints/checkpoint_<n>, a "
       "score_sde_pytorch one at <workdir>/checkpoints/checkpoint_<n>.pth; `--mode train` writes "
@@ -477,7 +478,7 @@ def import_score_sde_pytorch(path: str, config, sources=("ema", "raw")) -> dict:
   from models import torch_names  # pylint: disable=g-import-not-at-top
   file = find_checkpoint(path) if os.path.isdir(path) else path
   if not os.path.isfile(file):
-    raise FileNotFoundError(f"Checkpoint file {file!r} does not exist.")
+    raise MissingFileError(f"Checkpoint file {file!r} does not exist.")
   state = read_pytorch_state(file)
   _check_layout_fits(file, state["layout"], config)
   model = _strip_module_prefix(state["model"], file)
@@ -529,7 +530,7 @@ def import_score_sde_pytorch(path: str, config, sources=("ema", "raw")) -> dict:
     elif source == "raw":
       tensors = model
     else:
-      raise ValueError(f"Unknown weight set {source!r}; choose 'ema' or 'raw'.")
+      raise UserError(f"Unknown weight set {source!r}; choose 'ema' or 'raw'.")
     misshaped, flat = [], {}
     for rule in plan.rules:
       if tensors is None or rule.torch_key not in tensors:  # already reported
@@ -651,7 +652,7 @@ def write_released_checkpoint(state: dict, output_dir: str, config, overwrite: b
   folder = os.path.join(output_dir, "checkpoints")
   target = os.path.join(folder, f"checkpoint_{step}")
   if os.path.exists(target) and not overwrite:
-    raise ValueError(f"{target!r} already exists; pass --overwrite to replace it.")
+    raise UserError(f"{target!r} already exists; pass --overwrite to replace it.")
   variables = {"params": upgrade_legacy_group_norm(state["params_ema"]),
                **(state.get("model_state") or {})}
   check_variables(variables, config, source=f"The state for {target!r}")

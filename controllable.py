@@ -25,6 +25,7 @@ import sample_rounds
 from atomic_io import atomic_savez, atomic_write_text
 from sampling import conditional, devices, factory
 from tdas import settings as tdas_settings
+from errors import UserError
 
 MASK_FIELD = "config.inpaint.mask"
 
@@ -43,19 +44,19 @@ def named_mask(spec: str, image_shape, seed: int = 0) -> np.ndarray:
   elif spec and os.path.isfile(spec):
     mask = _read_mask_file(spec)
   else:
-    raise ValueError(f"{MASK_FIELD}={spec!r} is neither a pattern (center, left_half, "
+    raise UserError(f"{MASK_FIELD}={spec!r} is neither a pattern (center, left_half, "
                      "random_<p> with 0 <= p <= 1) nor an existing mask file.")
   if mask.ndim == 2:
     mask = np.repeat(mask[..., None], channels, axis=-1)
   if mask.shape != (height, width, channels):
-    raise ValueError(f"{MASK_FIELD}={spec!r} has shape {mask.shape}; the images are "
+    raise UserError(f"{MASK_FIELD}={spec!r} has shape {mask.shape}; the images are "
                      f"{(height, width, channels)} (give (H, W) or (H, W, C)).")
   if not np.all((mask >= 0) & (mask <= 1)):
-    raise ValueError(f"{MASK_FIELD}={spec!r} has values outside [0, 1] (1 = known).")
+    raise UserError(f"{MASK_FIELD}={spec!r} has values outside [0, 1] (1 = known).")
   if mask.min() == 1:
-    raise ValueError(f"{MASK_FIELD}={spec!r} leaves no pixel unknown: there is nothing to fill.")
+    raise UserError(f"{MASK_FIELD}={spec!r} leaves no pixel unknown: there is nothing to fill.")
   if mask.max() == 0:
-    raise ValueError(f"{MASK_FIELD}={spec!r} leaves no pixel known: that is unconditional "
+    raise UserError(f"{MASK_FIELD}={spec!r} leaves no pixel known: that is unconditional "
                      "sampling (--mode sample).")
   return mask.astype(np.float32)
 
@@ -71,7 +72,7 @@ def _read_mask_file(path: str) -> np.ndarray:
     with Image.open(path) as picture:
       return np.asarray(picture.convert("L"), np.float32) / 255.0
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{MASK_FIELD}={path!r} cannot be read as a mask ({type(e).__name__}: "
+    raise UserError(f"{MASK_FIELD}={path!r} cannot be read as a mask ({type(e).__name__}: "
                      f"{e}).") from e
 
 
@@ -88,7 +89,7 @@ def read_images(config, count: int) -> np.ndarray:
     batch = next(split.as_numpy_iterator())["image"]
     found = np.clip(np.round(batch * 255.0), 0, 255).astype(np.uint8)
   if found.shape[1:] != (size, size, channels):
-    raise ValueError(f"The images of {path or 'the evaluation split'!r} are {found.shape[1:]}; "
+    raise UserError(f"The images of {path or 'the evaluation split'!r} are {found.shape[1:]}; "
                      f"the config's model takes {(size, size, channels)} (config.data).")
   return found[:count]
 
@@ -98,10 +99,10 @@ def run(config, workdir: str, task: str):
   settings = config.inpaint
   count = int(settings.num_images)
   if count < 1:
-    raise ValueError(f"config.inpaint.num_images={count} must be >= 1.")
+    raise UserError(f"config.inpaint.num_images={count} must be >= 1.")
   size, channels = int(config.data.image_size), int(config.data.num_channels)
   if task == "colorize" and channels != 3:
-    raise ValueError(f"--mode colorize needs colour images: config.data.num_channels={channels}.")
+    raise UserError(f"--mode colorize needs colour images: config.data.num_channels={channels}.")
   out_dir = os.path.join(workdir, task)
   sample_rounds.check_writable(out_dir)
   originals = read_images(config, count)

@@ -16,11 +16,12 @@ import os
 from typing import Iterator, List, Optional
 
 import numpy as np
+from errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
   """A data set that is missing, unreadable, empty or of the wrong shape."""
 
 

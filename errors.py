@@ -15,3 +15,7 @@ class UserError(ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
   """A file or folder the run needs is not where the config or a flag says it is."""
+
+
+class UnwritableError(UserError, PermissionError):
+  """A folder the run must write into cannot be written."""

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from tqdm import tqdm
+from errors import UserError
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("gaussian", "rademacher")
@@ -61,13 +62,13 @@ class Likelihood:
                probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
                eps: float = 1e-5, centered: bool = False, max_steps: int = 16384):
     if divergence not in DIVERGENCES:
-      raise ValueError(f"config.eval.bpd_divergence={divergence!r} must be one of "
+      raise UserError(f"config.eval.bpd_divergence={divergence!r} must be one of "
                        f"{DIVERGENCES}.")
     if probe not in PROBES:
-      raise ValueError(f"config.eval.bpd_probe={probe!r} must be one of {PROBES}.")
+      raise UserError(f"config.eval.bpd_probe={probe!r} must be one of {PROBES}.")
     for name, value in (("rtol", rtol), ("atol", atol)):
       if not value > 0:
-        raise ValueError(f"config.eval.bpd_{name}={value!r} must be positive.")
+        raise UserError(f"config.eval.bpd_{name}={value!r} must be positive.")
     self.sde, self.score_fn_builder, self.shape = sde, score_fn_builder, tuple(shape)
     self.divergence, self.probe = divergence, probe
     self.rtol, self.atol, self.eps = float(rtol), float(atol), float(eps)
@@ -175,7 +176,7 @@ def data_bits_per_dim(solver: Likelihood, variables, batches, scaler, seed: int 
       break
   progress.close()
   if not values:
-    raise ValueError("No images to evaluate bits/dim on: the data set is empty.")
+    raise UserError("No images to evaluate bits/dim on: the data set is empty.")
   values = np.asarray(values, np.float64)
   return dict(mean=float(values.mean()), std=float(values.std()), num_images=int(len(values)),
               nfe=int(nfe), nfe_per_batch=float(nfe) / max(1, -(-len(values) // solver.shape[0])),

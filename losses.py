@@ -26,6 +26,7 @@ import optax
 
 import sde_lib
 from models import utils as model_utils
+from errors import UserError
 
 # Smallest training time of the continuous losses (score_sde uses 1e-5 for every SDE).
 CONTINUOUS_EPS = 1e-5
@@ -139,13 +140,13 @@ def get_loss_fn(config, sde, model, *, train):
     return get_dsm_loss_fn(sde, model, train=train, reduce_mean=reduce_mean,
                            likelihood_weighting=likelihood_weighting)
   if likelihood_weighting:
-    raise ValueError("config.training.likelihood_weighting=True needs continuous training; the "
+    raise UserError("config.training.likelihood_weighting=True needs continuous training; the "
                      "discrete SMLD/DDPM losses have fixed weights.")
   if type(sde) is sde_lib.VESDE:
     return get_smld_loss_fn(sde, model, train=train, reduce_mean=reduce_mean)
   if type(sde) is sde_lib.VPSDE:
     return get_ddpm_loss_fn(sde, model, train=train, reduce_mean=reduce_mean)
-  raise ValueError(f"Discrete training (config.training.continuous=False) is defined for vesde "
+  raise UserError(f"Discrete training (config.training.continuous=False) is defined for vesde "
                    f"(SMLD) and vpsde (DDPM), not config.training.sde={config.training.sde!r}.")
 
 
@@ -172,7 +173,7 @@ def get_optimizer(config) -> optax.GradientTransformation:
   optim = config.optim
   name = str(optim.optimizer).lower()
   if name != "adam":
-    raise ValueError(f"config.optim.optimizer={optim.optimizer!r}: only 'Adam' is supported (as "
+    raise UserError(f"config.optim.optimizer={optim.optimizer!r}: only 'Adam' is supported (as "
                      "in score_sde).")
   weight_decay = float(optim.get("weight_decay", 0.0) or 0.0)
   grad_clip = float(optim.grad_clip)

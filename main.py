@@ -4,6 +4,7 @@
 e.g. `--config.sampling.num_steps=100`. All output goes under `--workdir`.
 """
 import difflib
+import errno
 import importlib.util
 import os
 import sys
@@ -14,6 +15,7 @@ from absl import logging
 from ml_collections.config_flags import config_flags
 
 import run_lib
+from errors import UserError
 
 MODES = run_lib.MODES
 
@@ -109,6 +111,21 @@ def apply_shorthands(config):
   return config
 
 
+# What the machine, not the program, refuses: a full disk or quota, a read-only file system, a
+# folder without write permission.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def environment_error_message(error: OSError, workdir: str) -> str:
+  """One line for an OSError the machine raised while the run wrote or read a file."""
+  where = f" at {error.filename!r}" if error.filename else ""
+  if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    return (f"the disk is full{where} (under --workdir={workdir!r}): the files written before "
+            "this one are complete and kept; free space and rerun the same command to go on.")
+  return (f"{error.strerror or error}{where}: choose a --workdir this user can write "
+          f"(now {workdir!r}), or fix its permissions.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -120,10 +137,14 @@ def main(argv):
     options["discard_rounds"] = FLAGS.discard_rounds
   try:
     MODES[FLAGS.mode](apply_shorthands(FLAGS.config), FLAGS.workdir, **options)
-  except run_lib.USER_ERRORS as error:
-    # A user's mistake (a missing file, a bad config value) gets its message, not a traceback.
-    logging.error("%s", error)
+  except UserError as error:
+    # A user's mistake (a missing file, a bad config value) gets its message, once, without a
+    # traceback. Any other exception is a bug and keeps its traceback.
     sys.exit(f"Error: {error}")
+  except OSError as error:
+    if error.errno not in _ENVIRONMENT_ERRNOS:
+      raise
+    sys.exit(f"Error: {environment_error_message(error, FLAGS.workdir)}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 import atomic_io
+from errors import MissingFileError, UserError
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL_VERSION = 1001
 _PICKLE_PROTOCOL = 2  # what torch.save uses
@@ -46,7 +47,7 @@ _ZIP_ALIGNMENT = 64  # PyTorch aligns each record's data to 64 bytes
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-class PyTorchFileError(ValueError):
+class PyTorchFileError(UserError):
   """A file that is not a readable PyTorch file (or holds something this reader refuses)."""
 
 
@@ -374,7 +375,7 @@ def load(path: str):
       names `path`.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"PyTorch file {path!r} does not exist (or is not a file).")
+    raise MissingFileError(f"PyTorch file {path!r} does not exist (or is not a file).")
   size = os.path.getsize(path)
   if size == 0:
     raise PyTorchFileError(f"PyTorch file {path!r} is empty.")

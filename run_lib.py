@@ -38,6 +38,7 @@ from tdas import plots
 from tdas import settings as tdas_settings
 from tdas import stats as tdas_stats
 from tdas.transforms import check_transform
+from errors import UserError
 
 # Fewer images than this make the per-coordinate statistics too noisy to fit a filter to.
 MIN_CALIBRATION_SAMPLES = 16
@@ -270,16 +271,16 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
   validation.check_sde(config)
   devices.set_matmul_precision(config)
   if str(config.sampling.method).lower() == "ode":
-    raise ValueError("--mode calibrate measures a sampler's deviation under fewer steps; "
+    raise UserError("--mode calibrate measures a sampler's deviation under fewer steps; "
                      "config.sampling.method='ode' has no number of steps (pick a method with "
                      "steps: pc, euler, heun, edm, euler_ancestral, ddim, dpmpp_*).")
   full, steps = calibration_sets.calibration_steps(config)
   if steps > full:
-    raise ValueError(f"config.calibrate.steps={steps} exceeds model.num_scales={full}: the "
+    raise UserError(f"config.calibrate.steps={steps} exceeds model.num_scales={full}: the "
                      "accelerated sampler must take at most the full number of steps.")
   num_samples = int(settings.num_samples)
   if num_samples < MIN_CALIBRATION_SAMPLES:
-    raise ValueError(f"config.calibrate.num_samples={num_samples} is too few: the statistics need "
+    raise UserError(f"config.calibrate.num_samples={num_samples} is too few: the statistics need "
                      f"at least {MIN_CALIBRATION_SAMPLES} samples per set (the paper uses 200).")
   # The filter is fitted for the TDAS the config describes: its transform and space filter.
   target = tdas_settings.for_calibration(config)
@@ -287,7 +288,7 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
   method = tdas_calibration.check_method(settings.method)
   num_bins = int(settings.num_bins)
   if num_bins < 1:
-    raise ValueError(f"config.calibrate.num_bins={num_bins} must be >= 1.")
+    raise UserError(f"config.calibrate.num_bins={num_bins} must be >= 1.")
   batch_size = (validation.positive_int(settings, "batch_size", allow_zero=True,
                                         name="config.calibrate.batch_size")
                 or validation.positive_int(config, "eval.batch_size"))
@@ -404,7 +405,7 @@ def calibrate_pds(config, workdir, settings):
                                        name="config.calibrate.num_samples")
   alpha = float(config.sampling.tdas.pds_alpha)
   if not alpha > 1:
-    raise ValueError(f"config.sampling.tdas.pds_alpha={alpha!r} must be > 1.")
+    raise UserError(f"config.sampling.tdas.pds_alpha={alpha!r} must be > 1.")
   data_path = project_fields.section_with_defaults(config, "data").path
   out_dir = os.path.join(workdir, "calibration")
   space_path, freq_path, count, space, freq = write_pds_masks(data_path, size, channels,
@@ -531,8 +532,3 @@ MODES = {
     "colorize": colorize,
     "train": train,
 }
-
-# The errors a mode raises for a user's mistake (a missing file, a bad config value, unusable
-# samples): main.py prints their message instead of a traceback. CheckpointError, DatasetError,
-# FilterFileError and TrainingError are ValueErrors.
-USER_ERRORS = (FileNotFoundError, PermissionError, ValueError, factory.SamplingError)

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from atomic_io import atomic_savez
+from errors import UnwritableError, UserError
 
 ROUND_FILE = re.compile(r"samples_(\d+)(?:_host(\d+))?\.npz$")
 
@@ -42,7 +43,7 @@ _UNFINGERPRINTED_SAMPLING = ("distributed", "vanilla_comparison", "checkpoint_di
                              "export_arr0")
 
 
-class FingerprintMismatch(ValueError):
+class FingerprintMismatch(UserError):
   """Round files in the folder were sampled with other settings than this run's."""
 
 
@@ -270,7 +271,7 @@ class RoundClaims:
 
 
 def check_writable(folder: str):
-  """Raises PermissionError naming `folder` when files cannot be created in it."""
+  """Raises UnwritableError naming `folder` when files cannot be created in it."""
   try:
     os.makedirs(folder, exist_ok=True)
     probe = os.path.join(folder, f".write_test_{os.getpid()}")
@@ -278,8 +279,8 @@ def check_writable(folder: str):
       f.write("")
     os.remove(probe)
   except OSError as e:
-    raise PermissionError(f"Cannot write into {folder!r} ({e.strerror or e}): choose a "
-                          "writable --workdir / --eval_folder.") from e
+    raise UnwritableError(f"Cannot write into {folder!r} ({e.strerror or e}): choose a "
+                         "writable --workdir / --eval_folder.") from e
 
 
 def round_problem(path: str, fields: Dict[str, Any], round_index: int, rows: int):

@@ -9,6 +9,7 @@ import abc
 import jax
 import jax.numpy as jnp
 import numpy as np
+from errors import UserError
 
 
 def per_sample(values, x):
@@ -25,7 +26,7 @@ class SDE(abc.ABC):
 
   def __init__(self, N: int):
     if int(N) != N or N < 1:
-      raise ValueError(f"The number of discretisation steps N must be a positive integer, got {N!r}.")
+      raise UserError(f"The number of discretisation steps N must be a positive integer, got {N!r}.")
     self.N = int(N)
 
   @property
@@ -112,7 +113,7 @@ class VESDE(SDE):
   def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
     super().__init__(N)
     if not 0 < sigma_min < sigma_max:
-      raise ValueError("VESDE needs 0 < model.sigma_min < model.sigma_max, got "
+      raise UserError("VESDE needs 0 < model.sigma_min < model.sigma_max, got "
                        f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}.")
     self.sigma_min = sigma_min
     self.sigma_max = sigma_max
@@ -161,7 +162,7 @@ class VPSDE(SDE):
   def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
     super().__init__(N)
     if not 0 <= beta_min < beta_max:
-      raise ValueError("A VP-type SDE needs 0 <= model.beta_min < model.beta_max, got "
+      raise UserError("A VP-type SDE needs 0 <= model.beta_min < model.beta_max, got "
                        f"beta_min={beta_min!r}, beta_max={beta_max!r}.")
     self.beta_0 = beta_min
     self.beta_1 = beta_max
@@ -229,7 +230,7 @@ def get_sde(config, num_steps=None) -> SDE:
   """The SDE that `config.training.sde` names, with `num_steps` (default model.num_scales) steps."""
   name = str(config.training.sde).lower()
   if name not in _SDES:
-    raise ValueError(f"config.training.sde={config.training.sde!r} is not one of {sorted(_SDES)}.")
+    raise UserError(f"config.training.sde={config.training.sde!r} is not one of {sorted(_SDES)}.")
   N = config.model.num_scales if num_steps is None else num_steps
   if name == "vesde":
     return VESDE(sigma_min=float(config.model.sigma_min), sigma_max=float(config.model.sigma_max),

@@ -21,9 +21,10 @@ import sde_lib
 from atomic_io import atomic_savez
 from models import utils as model_utils
 from sampling import devices, factory
+from errors import UserError
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError):
   """A training run that cannot go on (a NaN loss, a model that has nothing to train)."""
 
 
@@ -171,7 +172,7 @@ def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
   batch_size, n_jitted = int(training.batch_size), int(training.n_jitted_steps)
   num_train_steps = int(training.n_iters)
   if n_jitted < 1:
-    raise ValueError(f"config.training.n_jitted_steps must be >= 1, got {n_jitted}.")
+    raise UserError(f"config.training.n_jitted_steps must be >= 1, got {n_jitted}.")
   mesh = devices.batch_mesh()
   devices.check_batch_size(batch_size, mesh, "config.training.batch_size")
   init, train_step, eval_step = train_functions(config, mesh)

@@ -4,6 +4,7 @@ Each check raises ValueError with one line naming the field, its value and what 
 that a wrong value stops the run before a checkpoint is read or a sample is drawn.
 """
 import math
+from errors import UserError
 
 
 def _number(config, dotted: str):
@@ -22,7 +23,7 @@ def positive_int(config, dotted: str, allow_zero: bool = False, name: str = "") 
   if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value \
       or value < least:
     what = "an integer >= 0" if allow_zero else "a positive integer"
-    raise ValueError(f"{name}={value!r} must be {what}.")
+    raise UserError(f"{name}={value!r} must be {what}.")
   return int(value)
 
 
@@ -30,14 +31,14 @@ def positive_float(config, dotted: str, allow_zero: bool = False) -> float:
   """`config.<dotted>` as a finite float, checked to be > 0 (or >= 0 with allow_zero)."""
   value = _number(config, dotted)
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ValueError(f"config.{dotted}={value!r} must be a number.")
+    raise UserError(f"config.{dotted}={value!r} must be a number.")
   try:
     number = float(value)
   except OverflowError:
     number = math.inf
   if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
     what = "a finite number >= 0" if allow_zero else "a finite positive number"
-    raise ValueError(f"config.{dotted}={value!r} must be {what}.")
+    raise UserError(f"config.{dotted}={value!r} must be {what}.")
   return number
 
 
@@ -48,13 +49,13 @@ def check_sde(config):
     sigma_min = positive_float(config, "model.sigma_min")
     sigma_max = positive_float(config, "model.sigma_max")
     if not sigma_min < sigma_max:
-      raise ValueError(f"config.model.sigma_min={sigma_min!r} must be below "
+      raise UserError(f"config.model.sigma_min={sigma_min!r} must be below "
                        f"config.model.sigma_max={sigma_max!r}.")
   elif "beta_min" in config.model:
     beta_min = positive_float(config, "model.beta_min", allow_zero=True)
     beta_max = positive_float(config, "model.beta_max")
     if not beta_min < beta_max:
-      raise ValueError(f"config.model.beta_min={beta_min!r} must be below "
+      raise UserError(f"config.model.beta_min={beta_min!r} must be below "
                        f"config.model.beta_max={beta_max!r}.")
 
 

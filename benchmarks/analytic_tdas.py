@@ -35,6 +35,7 @@ from models import utils as model_utils
 from sampling import factory
 from tdas import calibration, files as tdas_files, stats as tdas_stats
 from tdas.settings import TDAS
+from errors import MissingFileError, UserError
 
 CONFIGS = {32: ffhq32, 64: ffhq64, 256: lsun256}
 
@@ -89,13 +90,13 @@ def _filters_from_files(directory, budgets, shape):
   paths = {steps: os.path.join(directory, f"filters_{steps}.npz") for steps in budgets}
   missing = [p for p in paths.values() if not os.path.isfile(p)]
   if missing:
-    raise FileNotFoundError(f"--calibration_dir lacks {missing}; run --mode calibrate with "
+    raise MissingFileError(f"--calibration_dir lacks {missing}; run --mode calibrate with "
                             "config.calibrate.steps set to each budget first.")
   out = {}
   for steps, path in paths.items():
     space, freq, info = tdas_files.load_filters(path, shape)
     if info.get("transform", "dct") != "dct":
-      raise ValueError(f"{path} holds a {info['transform']} filter; this benchmark runs DCT TDAS.")
+      raise UserError(f"{path} holds a {info['transform']} filter; this benchmark runs DCT TDAS.")
     method = info.get("method", "zones")
     summary = (dict(radial_gains=info.get("radial_gains")) if method == "radial"
                else {k: info[method][k] for k in ("r1", "r2", "lambda1", "lambda2")})

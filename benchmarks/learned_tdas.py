@@ -43,6 +43,7 @@ from models import utils as model_utils
 from sampling import devices, factory
 from tdas import settings as tdas_settings
 from tdas import stats as tdas_stats
+from errors import UserError
 
 METHODS = ("vanilla", "tdas", "tdas_one_zone")
 LABELS = {"vanilla": "vanilla", "tdas": "TDAS (calibrated zones)",
@@ -65,7 +66,7 @@ def budgets_of(full: int, speedups) -> list:
   budgets = []
   for k in speedups:
     if full % int(k):
-      raise ValueError(f"--speedups {k}: N = {full} is not a multiple of it.")
+      raise UserError(f"--speedups {k}: N = {full} is not a multiple of it.")
     budgets.append(full // int(k))
   return budgets
 

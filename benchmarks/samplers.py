@@ -28,6 +28,7 @@ from images import image_grid, to_data_scale, to_uint8
 from sampling import devices, factory
 from tdas import settings as tdas_settings
 from tools import pds_masks as tools_pds_masks
+from errors import UserError
 
 VARIANTS = ("vanilla", "tdas", "pds")
 VARIANT_LABELS = {"vanilla": "", "tdas": ", TDAS (calibrated)", "pds": ", PDS (its masks)"}
@@ -137,10 +138,10 @@ def merge(earlier: dict, result: dict) -> dict:
   seed), its methods and calibrations added, and the table recomputed."""
   key = lambda r: (r["method"], r["variant"], r["nfe"], r["seed"])
   if "budgets" not in earlier:
-    raise ValueError("--merge: the earlier run's JSON records no `budgets` (written by this "
+    raise UserError("--merge: the earlier run's JSON records no `budgets` (written by this "
                      "benchmark since --merge exists); rerun it.")
   if earlier["num_samples"] != result["num_samples"] or earlier["config"] != result["config"]:
-    raise ValueError("--merge: the earlier run used another config or num_samples "
+    raise UserError("--merge: the earlier run used another config or num_samples "
                      f"({earlier['config']}, {earlier['num_samples']}); its rows do not compare.")
   present = {key(r) for r in result["rows"]}
   merged = dict(result)

@@ -28,6 +28,7 @@ from scipy import special
 
 import datasets
 from atomic_io import atomic_write, atomic_write_text
+from errors import MissingFileError, UserError
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (16, 16, 1)
@@ -168,7 +169,7 @@ def save_classifier(path: str, variables, info: dict) -> None:
 def load_classifier(path: str = DEFAULT_WEIGHTS):
   """The classifier's variables from `path`, with one clear error for a missing or bad file."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"Digits classifier weights {path!r} not found: they ship with the "
+    raise MissingFileError(f"Digits classifier weights {path!r} not found: they ship with the "
                             "repository (assets/); `python -m tools.train_digits_classifier` "
                             "retrains them.")
   template = DigitsClassifier().init(jax.random.PRNGKey(0), jnp.zeros((1,) + IMAGE_SHAPE))
@@ -177,5 +178,5 @@ def load_classifier(path: str = DEFAULT_WEIGHTS):
   try:
     return serialization.from_bytes(template, raw)
   except Exception as e:  # msgpack and flax raise several types for bad input
-    raise ValueError(f"Digits classifier weights {path!r} ({len(raw)} bytes) are unreadable or "
+    raise UserError(f"Digits classifier weights {path!r} ({len(raw)} bytes) are unreadable or "
                      f"do not fit DigitsClassifier: {type(e).__name__}: {e}") from e

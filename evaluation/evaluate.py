@@ -16,6 +16,7 @@ import sample_rounds
 from evaluation import statistics
 from tdas import files as tdas_files
 from tdas import stats as tdas_stats
+from errors import UserError
 
 def frequency_reference(config, workdir: str, stats: Dict[str, Any]
                         ) -> Optional[Dict[str, Any]]:
@@ -53,7 +54,7 @@ def _common_fingerprint(files) -> Optional[Dict[str, Any]]:
       common, first = recorded, path
     elif recorded != common:
       lines = sample_rounds.differences(common, recorded)
-      raise ValueError(f"{path!r} was sampled with other settings than {first!r} ("
+      raise UserError(f"{path!r} was sampled with other settings than {first!r} ("
                        f"{'; '.join(lines[:6])}): the folder mixes two runs; evaluate each "
                        "run's own --eval_folder.")
   return common
@@ -96,18 +97,18 @@ def evaluate_folder(config, workdir: str, folder: str, extractor=None,
   stats["path"] = stats_file
   recorded_size = stats.get("image_size")
   if recorded_size and recorded_size.isdigit() and int(recorded_size) != image_shape[0]:
-    raise ValueError(f"The samples in {folder!r} are {image_shape[0]} px, the statistics file "
+    raise UserError(f"The samples in {folder!r} are {image_shape[0]} px, the statistics file "
                      f"{stats_file!r} was recorded for {recorded_size} px images: point "
                      "config.eval.stats_file at the statistics of this image size.")
   if stats["mu"].shape != (inception_lib.FEATURE_DIM,):
-    raise ValueError(f"Statistics file {stats_file!r} holds {stats['mu'].shape[0]}-d features; "
+    raise UserError(f"Statistics file {stats_file!r} holds {stats['mu'].shape[0]}-d features; "
                      f"FID uses the {inception_lib.FEATURE_DIM}-d pool_3 features.")
   frequency = frequency_reference(config, workdir, stats)
   if frequency is not None:
     image_size = image_shape[:2]
     for transform, data_map in frequency["maps"].items():
       if data_map.shape != image_size:
-        raise ValueError(f"The frequency statistics {frequency['path']!r} are of {data_map.shape} "
+        raise UserError(f"The frequency statistics {frequency['path']!r} are of {data_map.shape} "
                          f"images ({transform}), the samples are {image_size}.")
   if extractor is None:
     extractor, weights_info = inception_lib.extractor_from_config(config)
@@ -142,7 +143,7 @@ def evaluate_folder(config, workdir: str, folder: str, extractor=None,
     total += len(batch["pool"])
     logging.log_every_n_seconds(logging.INFO, "Inception features of %d samples.", 30, total)
   if total < 2:
-    raise ValueError(f"{folder!r} holds {total} sample(s); FID needs at least 2.")
+    raise UserError(f"{folder!r} holds {total} sample(s); FID needs at least 2.")
   pool = np.concatenate(pools).astype(np.float64)
   logits = np.concatenate(logits)
 

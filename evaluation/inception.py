@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 
 import pytorch_io
+from errors import MissingFileError, UserError
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_SHA256_PREFIX = "6726825d"
@@ -53,11 +54,11 @@ _PRECISIONS = {"default": jax.lax.Precision.DEFAULT, "high": jax.lax.Precision.H
                "highest": jax.lax.Precision.HIGHEST}
 
 
-class InceptionWeightsNotFound(FileNotFoundError):
+class InceptionWeightsNotFound(MissingFileError):
   """The Inception weight file is not where the config / environment says (or nowhere)."""
 
 
-class InceptionWeightsError(ValueError):
+class InceptionWeightsError(UserError):
   """The Inception weight file exists but is not the FID Inception's weights (or is damaged)."""
 
 
@@ -82,7 +83,7 @@ def scale_input(x, scaling: str = "pytorch_fid"):
     return (x - 128.0) / 128.0
   if scaling == "none":
     return x
-  raise ValueError(f"Unknown input scaling {scaling!r}; expected one of {INPUT_SCALINGS} "
+  raise UserError(f"Unknown input scaling {scaling!r}; expected one of {INPUT_SCALINGS} "
                    "(config.eval.input_scaling).")
 
 
@@ -228,7 +229,7 @@ class FIDInceptionE(nn.Module):
     elif self.pool == "max":
       pooled = max_pool_3x3(x, strides=1, padding=1)
     else:
-      raise ValueError(f"FIDInceptionE.pool must be 'avg' or 'max', got {self.pool!r}.")
+      raise UserError(f"FIDInceptionE.pool must be 'avg' or 'max', got {self.pool!r}.")
     bp = conv(192, 1, name="branch_pool")(pooled)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
@@ -555,13 +556,13 @@ def resize_images(images: np.ndarray, mode: str = "clean", size: int = INPUT_SIZ
   """
   images = np.asarray(images)
   if images.dtype != np.uint8:
-    raise ValueError(f"Images for the Inception network must be uint8 (N, H, W, C), got dtype "
+    raise UserError(f"Images for the Inception network must be uint8 (N, H, W, C), got dtype "
                      f"{images.dtype}.")
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f"Images for the Inception network must be (N, H, W, 1 or 3), got shape "
+    raise UserError(f"Images for the Inception network must be (N, H, W, 1 or 3), got shape "
                      f"{images.shape}.")
   if mode not in RESIZE_MODES:
-    raise ValueError(f"Unknown resize mode {mode!r}; expected one of {RESIZE_MODES} "
+    raise UserError(f"Unknown resize mode {mode!r}; expected one of {RESIZE_MODES} "
                      "(config.eval.resize).")
   if images.shape[1:3] == (size, size):
     out = images.astype(np.float32)
@@ -618,12 +619,12 @@ class FeatureExtractor:
                input_scaling: str = ""):
     from sampling import devices as device_lib  # pylint: disable=g-import-not-at-top
     if resize not in RESIZE_MODES:
-      raise ValueError(f"Unknown resize mode {resize!r}; expected one of {RESIZE_MODES} "
+      raise UserError(f"Unknown resize mode {resize!r}; expected one of {RESIZE_MODES} "
                        "(config.eval.resize).")
     self.resize, self.image_size = resize, int(image_size)
     self.input_scaling = input_scaling or SCALING_OF_RESIZE[resize]
     if self.input_scaling not in INPUT_SCALINGS[:2]:
-      raise ValueError(f"Unknown input scaling {input_scaling!r}; expected 'pytorch_fid' or "
+      raise UserError(f"Unknown input scaling {input_scaling!r}; expected 'pytorch_fid' or "
                        "'tensorflow' (config.eval.input_scaling).")
     self.mesh = device_lib.batch_mesh(jax.local_devices() if devices is None else devices)
     count = self.mesh.devices.size

@@ -10,6 +10,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 from scipy import linalg
+from errors import UserError
 
 
 def mean_and_covariance(features) -> Tuple[np.ndarray, np.ndarray]:
@@ -74,7 +75,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = "eigh", eps: float 
                      f"{sigma2.shape}.")
   if not (np.isfinite(mu1).all() and np.isfinite(mu2).all() and np.isfinite(sigma1).all()
           and np.isfinite(sigma2).all()):
-    raise ValueError("Means and covariances must be finite (NaN or inf in the features?).")
+    raise UserError("Means and covariances must be finite (NaN or inf in the features?).")
   diff = mu1 - mu2
   if method == "eigh":
     tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import atomic_io
 from evaluation import inception as inception_lib
+from errors import MissingFileError, UserError
 
 _METADATA_KEYS = ("resize", "input_scaling", "inception_sha256", "dataset", "image_size")
 
@@ -63,7 +64,7 @@ class FeatureMoments:
   def update(self, features) -> None:
     features = np.asarray(features, np.float64)
     if features.ndim != 2:
-      raise ValueError(f"Features must be (n, D), got shape {features.shape}.")
+      raise UserError(f"Features must be (n, D), got shape {features.shape}.")
     if features.shape[0] == 0:
       return
     if self._shift is None:
@@ -154,7 +155,7 @@ def feature_statistics(images, extractor=None, config=None, *, max_features: int
       subset.update(features["pool"])
       bar.update(len(features["pool"]))
   if moments.count < 2:
-    raise ValueError(f"Statistics need at least 2 images, got {moments.count}.")
+    raise UserError(f"Statistics need at least 2 images, got {moments.count}.")
   stats = dict(mu=moments.mean, sigma=moments.covariance, num_images=moments.count,
                resize=extractor.resize, input_scaling=extractor.input_scaling)
   if subset.rows is not None:
@@ -194,7 +195,7 @@ def load_statistics(path: str, field: str = "config.eval.stats_file") -> Dict[st
     layout.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"Statistics file {path!r} does not exist: make it with `--mode stats` (it writes "
         f"<workdir>/stats/<dataset>_<size>.npz) or point {field} at an existing .npz (ours, "
         "pytorch-fid's mu/sigma, or score_sde's <dataset>_stats.npz with pool_3).")
@@ -202,7 +203,7 @@ def load_statistics(path: str, field: str = "config.eval.stats_file") -> Dict[st
     with np.load(path, allow_pickle=False) as data:
       contents = {k: data[k] for k in data.files}
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"Statistics file {path!r} is not a readable .npz (truncated or damaged?): "
+    raise UserError(f"Statistics file {path!r} is not a readable .npz (truncated or damaged?): "
                      f"{type(e).__name__}: {e}") from e
   out: Dict[str, Any] = {}
   if "mu" in contents and "sigma" in contents:
@@ -218,14 +219,14 @@ def load_statistics(path: str, field: str = "config.eval.stats_file") -> Dict[st
     out["sigma"] = np.cov(pool, rowvar=False)
     out.update(features=pool.astype(np.float32), num_images=int(pool.shape[0]), layout="pool_3")
   else:
-    raise ValueError(f"Statistics file {path!r} holds {sorted(contents)}; expected `mu` and "
+    raise UserError(f"Statistics file {path!r} holds {sorted(contents)}; expected `mu` and "
                      "`sigma` (this project, pytorch-fid) or `pool_3` (score_sde).")
   dim = out["mu"].shape
   if out["mu"].ndim != 1 or out["sigma"].shape != dim * 2:
-    raise ValueError(f"Statistics file {path!r}: mu {out['mu'].shape} and sigma "
+    raise UserError(f"Statistics file {path!r}: mu {out['mu'].shape} and sigma "
                      f"{out['sigma'].shape} do not fit together.")
   if out["features"] is not None and out["features"].shape[1:] != dim:
-    raise ValueError(f"Statistics file {path!r}: features {out['features'].shape} do not fit mu "
+    raise UserError(f"Statistics file {path!r}: features {out['features'].shape} do not fit mu "
                      f"{dim}.")
   for key in _METADATA_KEYS:
     if key in contents:
@@ -255,7 +256,7 @@ def sample_files(path: str) -> List[str]:
   if os.path.isfile(path):
     return [path]
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"Sample folder {path!r} does not exist: draw samples with "
+    raise MissingFileError(f"Sample folder {path!r} does not exist: draw samples with "
                             "`--mode sample` (same --workdir and --eval_folder) first, or point "
                             "config.eval.samples_path at a .npz or an image folder.")
   rounds = [f for f in glob.glob(os.path.join(path, "samples_*.npz"))
@@ -272,7 +273,7 @@ def sample_files(path: str) -> List[str]:
                     if f.lower().endswith(IMAGE_SUFFIXES))
   if pictures:
     return pictures
-  raise FileNotFoundError(f"No samples in {path!r} (no samples_*.npz, other .npz or PNG/JPEG "
+  raise MissingFileError(f"No samples in {path!r} (no samples_*.npz, other .npz or PNG/JPEG "
                           "images): draw samples with `--mode sample` (same --workdir and "
                           "--eval_folder) first.")
 
@@ -286,18 +287,18 @@ def read_samples(path: str) -> np.ndarray:
     with np.load(path, allow_pickle=False) as data:
       key = next((k for k in ("samples", "arr_0") if k in data.files), None)
       if key is None:
-        raise ValueError(f"Sample file {path!r} has neither `samples` nor `arr_0` (it holds "
+        raise UserError(f"Sample file {path!r} has neither `samples` nor `arr_0` (it holds "
                          f"{data.files}).")
       samples = data[key]
   except ValueError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"Sample file {path!r} is not a readable .npz (truncated or damaged?): "
+    raise UserError(f"Sample file {path!r} is not a readable .npz (truncated or damaged?): "
                      f"{type(e).__name__}: {e}") from e
   if samples.ndim == 3:  # (N, H, W): grey images
     samples = samples[..., None]
   if samples.dtype != np.uint8 or samples.ndim != 4 or samples.shape[-1] not in (1, 3):
-    raise ValueError(f"Sample file {path!r}: `{key}` is {samples.dtype} {samples.shape}; "
+    raise UserError(f"Sample file {path!r}: `{key}` is {samples.dtype} {samples.shape}; "
                      "expected uint8 (N, H, W, 1 or 3) as `--mode sample` writes.")
   return samples
 
@@ -310,7 +311,7 @@ def _read_picture(path: str) -> np.ndarray:
           picture.convert("RGB")
       image = np.asarray(picture, np.uint8)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"Image {path!r} cannot be read ({type(e).__name__}: {e}).") from e
+    raise UserError(f"Image {path!r} cannot be read ({type(e).__name__}: {e}).") from e
   return image[..., None] if image.ndim == 2 else image
 
 
@@ -321,7 +322,7 @@ def iterate_samples(files: Sequence[str]) -> Iterator[np.ndarray]:
   for path in files:
     images = read_samples(path)
     if shape is not None and images.shape[1:] != shape:
-      raise ValueError(f"Sample file {path!r} holds {images.shape[1:]} images, the earlier "
+      raise UserError(f"Sample file {path!r} holds {images.shape[1:]} images, the earlier "
                        f"files {shape}.")
     shape = images.shape[1:]
     if not path.lower().endswith(IMAGE_SUFFIXES):

@@ -48,6 +48,7 @@ from models import utils
 from tdas import files as tdas_files
 from tdas import filters as tdas_filters
 from tdas import transforms
+from errors import UserError
 
 TARGET_COLLECTION = 'target'
 
@@ -78,7 +79,7 @@ def _per_channel(value, num_channels, field):
   if array.size == 1:
     return np.full((num_channels,), float(array[0]))
   if array.size != num_channels:
-    raise ValueError(f'config.model.{field}={value!r} must be a scalar or have one value per '
+    raise UserError(f'config.model.{field}={value!r} must be a scalar or have one value per '
                      f'channel (config.data.num_channels={num_channels}).')
   return array
 
@@ -175,18 +176,18 @@ def power_law_target(config) -> Tuple[np.ndarray, np.ndarray]:
   size = int(config.data.image_size)
   channels = int(config.data.num_channels)
   if size < 1 or channels < 1:
-    raise ValueError(f'config.data.image_size={config.data.image_size!r} and '
+    raise UserError(f'config.data.image_size={config.data.image_size!r} and '
                      f'config.data.num_channels={config.data.num_channels!r} must be positive.')
   alpha = float(_field(config, 'power_law_alpha'))
   f0 = float(_field(config, 'power_law_f0'))
   if alpha < 0:
-    raise ValueError(f'config.model.power_law_alpha={alpha!r} must be >= 0.')
+    raise UserError(f'config.model.power_law_alpha={alpha!r} must be >= 0.')
   if f0 <= 0:
-    raise ValueError(f'config.model.power_law_f0={f0!r} must be > 0 (the DC coefficient would '
+    raise UserError(f'config.model.power_law_f0={f0!r} must be > 0 (the DC coefficient would '
                      'get an infinite variance).')
   std = _per_channel(_field(config, 'target_std'), channels, 'target_std')
   if np.any(std <= 0):
-    raise ValueError(f'config.model.target_std={_field(config, "target_std")!r} must be > 0.')
+    raise UserError(f'config.model.target_std={_field(config, "target_std")!r} must be > 0.')
   base = _per_channel(_field(config, 'target_mean'), channels, 'target_mean')
   radial = float(_field(config, 'target_mean_radial'))
 
@@ -201,7 +202,7 @@ def power_law_target(config) -> Tuple[np.ndarray, np.ndarray]:
   r = np.sqrt(h ** 2 + w ** 2) / (corner if corner > 0 else 1.0)
   mean = base[None, None, :] + radial * (0.5 - r)[:, :, None]
   if mean.min() < 0 or mean.max() > 1:
-    raise ValueError(
+    raise UserError(
         f'The target mean image leaves [0, 1] (range [{mean.min():.3f}, {mean.max():.3f}]): '
         f'reduce config.model.target_mean_radial={radial!r} or move config.model.target_mean='
         f'{_field(config, "target_mean")!r} towards 0.5.')
@@ -324,7 +325,7 @@ def dct_diagonal_w2(samples, variables, batch_size: int = 256) -> float:
 def radial_bands(height: int, width: int, num_bands: int) -> np.ndarray:
   """Band index (H, W) int of each DCT coefficient: equal-width bins of rho over [0, 1]."""
   if num_bands < 1:
-    raise ValueError(f'num_bands={num_bands!r} must be >= 1.')
+    raise UserError(f'num_bands={num_bands!r} must be >= 1.')
   return tdas_filters.radial_bin(normalized_radius(height, width), num_bands)
 
 
@@ -361,12 +362,12 @@ def check_score_error_fields(config) -> Tuple[bool, float, float, float]:
   sigma_c = float(_field(config, 'score_error_sigma_c'))
   if enabled:
     if e >= 1:
-      raise ValueError(f'config.model.score_error_e={e!r} must be < 1 (gamma = 1 - e·rho^p would '
+      raise UserError(f'config.model.score_error_e={e!r} must be < 1 (gamma = 1 - e·rho^p would '
                        'reach 0 or flip the score); e < 0 gives the opposite error, gamma > 1.')
     if p <= 0:
-      raise ValueError(f'config.model.score_error_p={p!r} must be > 0 (gamma at rho = 0 is 1).')
+      raise UserError(f'config.model.score_error_p={p!r} must be > 0 (gamma at rho = 0 is 1).')
     if sigma_c <= 0:
-      raise ValueError(f'config.model.score_error_sigma_c={sigma_c!r} must be > 0.')
+      raise UserError(f'config.model.score_error_sigma_c={sigma_c!r} must be > 0.')
   return enabled, e, p, sigma_c
 
 
@@ -398,11 +399,11 @@ class AnalyticGaussian(nn.Module):
     del train  # deterministic, no dropout
     config = self.config
     if not config.training.continuous:
-      raise ValueError('The analytic_gaussian model takes continuous labels only: set '
+      raise UserError('The analytic_gaussian model takes continuous labels only: set '
                        'config.training.continuous=True.')
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.floating):
-      raise ValueError(f'The analytic_gaussian model got {labels.dtype} labels (discrete indices);'
+      raise UserError(f'The analytic_gaussian model got {labels.dtype} labels (discrete indices);'
                        ' it takes continuous labels (config.training.continuous=True).')
     sde = sde_lib.get_sde(config, num_steps=1)  # marginals only: N is irrelevant
     score_error, e, p, sigma_c = check_score_error_fields(config)
@@ -412,7 +413,7 @@ class AnalyticGaussian(nn.Module):
     dct_variance = self.variable(TARGET_COLLECTION, 'dct_variance',
                                  lambda: jnp.asarray(init_target()[1])).value
     if mean.shape != x.shape[1:] or dct_variance.shape != x.shape[1:]:
-      raise ValueError(f'The analytic target has mean {mean.shape} and dct_variance '
+      raise UserError(f'The analytic target has mean {mean.shape} and dct_variance '
                        f'{dct_variance.shape}, but x is {x.shape} (B, H, W, C): check '
                        'config.data.image_size and config.data.num_channels.')
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from errors import UserError
 
 
 def default_init(scale: float = 1.0):
@@ -35,7 +36,7 @@ def get_act(config) -> Callable[[jax.Array], jax.Array]:
   """The activation `config.model.nonlinearity` names ('elu', 'relu', 'lrelu', 'swish')."""
   name = str(config.model.nonlinearity).lower()
   if name not in _ACTIVATIONS:
-    raise ValueError(f"config.model.nonlinearity={config.model.nonlinearity!r} is not supported; "
+    raise UserError(f"config.model.nonlinearity={config.model.nonlinearity!r} is not supported; "
                      f"choose one of {sorted(_ACTIVATIONS)}.")
   return _ACTIVATIONS[name]
 
@@ -48,7 +49,7 @@ def get_normalization(config):
   """
   name = config.model.normalization
   if name != "GroupNorm":
-    raise ValueError(f"config.model.normalization={name!r} is not supported by this network; "
+    raise UserError(f"config.model.normalization={name!r} is not supported by this network; "
                      "only 'GroupNorm' is.")
   return nn.GroupNorm
 
@@ -105,7 +106,7 @@ def get_timestep_embedding(timesteps, embedding_dim: int, max_positions: int = 1
   of the output is sin, the second cos; an odd dimension is zero-padded at the end.
   """
   if timesteps.ndim != 1:
-    raise ValueError(f"timesteps must have shape (B,), got {timesteps.shape}.")
+    raise UserError(f"timesteps must have shape (B,), got {timesteps.shape}.")
   half_dim = embedding_dim // 2
   log_step = math.log(max_positions) / (half_dim - 1)
   freqs = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -log_step)

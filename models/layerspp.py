@@ -12,6 +12,7 @@ import numpy as np
 
 from models import layers
 from models import up_or_down_sampling
+from errors import UserError
 
 conv1x1 = layers.ddpm_conv1x1
 conv3x3 = layers.ddpm_conv3x3
@@ -55,7 +56,7 @@ class Combine(nn.Module):
   @nn.compact
   def __call__(self, x, y):
     if self.method not in ("cat", "sum"):
-      raise ValueError(f"config.model.progressive_combine={self.method!r} is not supported; "
+      raise UserError(f"config.model.progressive_combine={self.method!r} is not supported; "
                        "choose 'sum' or 'cat'.")
     h = conv1x1(x, y.shape[-1])
     if self.method == "cat":

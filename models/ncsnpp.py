@@ -22,6 +22,7 @@ import numpy as np
 from models import layers
 from models import layerspp
 from models import utils
+from errors import UserError
 
 _PROGRESSIVE = ("none", "output_skip", "residual")
 _PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
@@ -33,7 +34,7 @@ _RESBLOCK = ("ddpm", "biggan")
 def _choice(config, field: str, allowed) -> str:
   value = str(getattr(config.model, field)).lower()
   if value not in allowed:
-    raise ValueError(f"config.model.{field}={getattr(config.model, field)!r} is not supported; "
+    raise UserError(f"config.model.{field}={getattr(config.model, field)!r} is not supported; "
                      f"choose one of {list(allowed)}.")
   return value
 
@@ -76,7 +77,7 @@ class NCSNpp(nn.Module):
     if embedding_type == "fourier":
       training = config.get("training", None)
       if training is not None and not training.get("continuous", True):
-        raise ValueError("config.model.embedding_type='fourier' needs continuous training "
+        raise UserError("config.model.embedding_type='fourier' needs continuous training "
                          "(config.training.continuous=True): its labels are sigmas.")
       used_sigmas = time_cond
       temb = layerspp.GaussianFourierProjection(

@@ -42,6 +42,7 @@ from models import utils
 from models.normalization import get_normalization
 from models.refinenet_layers import (CondRefineBlock, ConditionalResidualBlock, RefineBlock,
                                      ResidualBlock, get_act, ncsn_conv3x3, resize_method)
+from errors import UserError
 
 # Backbone stages, finest first: (channels as a multiple of nf, resample of the stage's first
 # block, dilation of both blocks). The first block of a stage changes the channel count.
@@ -89,7 +90,7 @@ def refinenet_score(config, x, labels, backbone, refine, conditional: bool,
   resize_method(interpolation)  # fail early, naming the config field
   factor = _downsampling_factor(backbone)
   if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
-    raise ValueError(
+    raise UserError(
         f"config.model.name={config.model.name!r} needs NHWC images with H and W divisible by "
         f"{factor}; got x of shape {tuple(x.shape)} (config.data.image_size="
         f"{config.data.get('image_size', None)}).")

@@ -14,6 +14,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from errors import UserError
 
 EPS = 1e-5
 
@@ -166,14 +167,14 @@ def get_normalization(config, conditional: bool = False,
   norm = config.model.normalization
   if conditional:
     if norm != 'InstanceNorm++':
-      raise ValueError(
+      raise UserError(
           f"config.model.normalization={norm!r} has no noise-conditional version; the "
           "conditional NCSN networks support only 'InstanceNorm++'.")
     num_classes = config.model.get('num_classes', None) or config.model.num_scales
     return functools.partial(ConditionalInstanceNorm2dPlus, num_classes=int(num_classes),
                              channel_means_ddof=channel_means_ddof)
   if norm not in _UNCONDITIONAL:
-    raise ValueError(f"config.model.normalization={norm!r} is not supported; "
+    raise UserError(f"config.model.normalization={norm!r} is not supported; "
                      f"choose one of {sorted(_UNCONDITIONAL)}.")
   if norm == 'InstanceNorm++' and channel_means_ddof:
     return functools.partial(InstanceNorm2dPlus, channel_means_ddof=channel_means_ddof)

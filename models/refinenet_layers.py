@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from errors import UserError
 
 # config.model.interpolation -> jax.image.resize method.
 _RESIZE_METHODS = {'bilinear': 'bilinear', 'nearest_neighbor': 'nearest'}
@@ -37,7 +38,7 @@ def get_act(config) -> Callable:
   """The activation `config.model.nonlinearity` names: elu, relu, lrelu (slope 0.2), swish."""
   name = config.model.nonlinearity
   if name not in _ACTIVATIONS:
-    raise ValueError(f"config.model.nonlinearity={name!r} is not supported; "
+    raise UserError(f"config.model.nonlinearity={name!r} is not supported; "
                      f"choose one of {sorted(_ACTIVATIONS)}.")
   return _ACTIVATIONS[name]
 
@@ -45,7 +46,7 @@ def get_act(config) -> Callable:
 def resize_method(interpolation: str) -> str:
   """`jax.image.resize` method for `config.model.interpolation` ('bilinear', 'nearest_neighbor')."""
   if interpolation not in _RESIZE_METHODS:
-    raise ValueError(f"config.model.interpolation={interpolation!r} is not supported; "
+    raise UserError(f"config.model.interpolation={interpolation!r} is not supported; "
                      f"choose one of {sorted(_RESIZE_METHODS)}.")
   return _RESIZE_METHODS[interpolation]
 
@@ -68,7 +69,7 @@ def resize_align_corners(x, shape):
 def _resize(h, shape, method, align_corners):
   if align_corners:
     if method != 'bilinear':
-      raise ValueError("align_corners resizing is bilinear: set config.model.interpolation="
+      raise UserError("align_corners resizing is bilinear: set config.model.interpolation="
                        "'bilinear'.")
     return resize_align_corners(h, shape)
   return jax.image.resize(h, (h.shape[0], *shape, h.shape[-1]), method)

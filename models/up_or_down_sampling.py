@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from errors import UserError
 
 _NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 
@@ -33,7 +34,7 @@ def setup_kernel(k: Sequence[float]) -> np.ndarray:
     k = np.outer(k, k)
   k = k / np.sum(k)
   if k.ndim != 2 or k.shape[0] != k.shape[1]:
-    raise ValueError(f"FIR kernel must be 1-D or square 2-D, got shape {k.shape}.")
+    raise UserError(f"FIR kernel must be 1-D or square 2-D, got shape {k.shape}.")
   return k
 
 

@@ -7,6 +7,7 @@ Every network is a `flax.linen.Module` constructed as `cls(config=config)` and c
 from typing import Callable, Dict, Type
 
 import flax.linen as nn
+from errors import UserError
 
 _MODELS: Dict[str, Type[nn.Module]] = {}
 
@@ -33,7 +34,7 @@ def get_model(name: str) -> Type[nn.Module]:
   """The registered model class called `name` (`config.model.name`)."""
   _import_model_families()
   if name not in _MODELS:
-    raise ValueError(
+    raise UserError(
         f"config.model.name={name!r} is not a known model; known: {sorted(_MODELS)}.")
   return _MODELS[name]
 
@@ -105,7 +106,7 @@ def get_score_fn(sde, model, variables, continuous, num_scales=None, train=False
   elif isinstance(sde, sde_lib.VPSDE):  # VPSDE and subVPSDE
     if not continuous:
       if type(sde) is not sde_lib.VPSDE:
-        raise ValueError("Discrete training (config.training.continuous=False) is defined for "
+        raise UserError("Discrete training (config.training.continuous=False) is defined for "
                          f"vesde and vpsde only, not {type(sde).__name__}.")
       training_sde = sde_lib.VPSDE(sde.beta_0, sde.beta_1, num_scales)
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import sde_lib
 from sampling.denoiser import DenoiserSampler
 from sampling.interface import SAMPLERS
+from errors import UserError
 
 
 def ancestral_step(sigma, sigma_next, eta):
@@ -29,9 +30,9 @@ class EulerAncestralSampler(DenoiserSampler):
 
   def __init__(self, setup, schedule="karras", rho=7.0, eta=1.0, s_noise=1.0):
     if not eta >= 0:
-      raise ValueError(f"{self.eta_field} must be >= 0, got {eta!r}.")
+      raise UserError(f"{self.eta_field} must be >= 0, got {eta!r}.")
     if not s_noise >= 0:
-      raise ValueError(f"config.sampling.s_noise must be >= 0, got {s_noise!r}.")
+      raise UserError(f"config.sampling.s_noise must be >= 0, got {s_noise!r}.")
     super().__init__(setup, schedule, rho)
     self.eta, self.s_noise = float(eta), float(s_noise)
 
@@ -69,7 +70,7 @@ class DDIMSampler(EulerAncestralSampler):
 
   def __init__(self, setup, schedule="karras", rho=7.0, eta=0.0, s_noise=1.0):
     if isinstance(setup.training_sde or setup.sde, sde_lib.VESDE):
-      raise ValueError("config.sampling.method='ddim' is defined for vpsde and subvpsde; for a "
+      raise UserError("config.sampling.method='ddim' is defined for vpsde and subvpsde; for a "
                        "VE model use 'euler' (DDIM's η = 0 step) or 'euler_ancestral'.")
     super().__init__(setup, schedule, rho, eta, s_noise)
 

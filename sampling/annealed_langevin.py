@@ -28,6 +28,7 @@ from jax.scipy.special import ndtr
 from models import utils as model_utils
 from sampling.interface import SAMPLERS, SamplerSetup, SteppedSampler
 from sampling.noise import NoiseSource
+from errors import UserError
 
 OUTPUTS = ("final", "before_last_step")
 
@@ -43,7 +44,7 @@ def level_indices(num_levels_trained: int, num_levels: int) -> np.ndarray:
   if num_levels in (0, num_levels_trained):
     return np.arange(num_levels_trained)
   if not 1 <= num_levels <= num_levels_trained:
-    raise ValueError(f"config.sampling.langevin.num_levels={num_levels} must be between 1 and "
+    raise UserError(f"config.sampling.langevin.num_levels={num_levels} must be between 1 and "
                      f"the {num_levels_trained} levels the network was trained on (0 = all).")
   return np.unique(np.round(np.linspace(0, num_levels_trained - 1, num_levels)).astype(int))
 
@@ -67,11 +68,11 @@ class AnnealedLangevinSampler(SteppedSampler):
   def __init__(self, setup: SamplerSetup, sigmas, step_lr: float, n_steps_each: int,
                levels=None, denoise: bool = True, output: str = "final", clamp: bool = True):
     if output not in OUTPUTS:
-      raise ValueError(f"config.sampling.langevin.output={output!r} must be one of {OUTPUTS}.")
+      raise UserError(f"config.sampling.langevin.output={output!r} must be one of {OUTPUTS}.")
     if not step_lr > 0:
-      raise ValueError(f"config.sampling.langevin.step_lr={step_lr!r} must be positive.")
+      raise UserError(f"config.sampling.langevin.step_lr={step_lr!r} must be positive.")
     if int(n_steps_each) < 1:
-      raise ValueError(f"config.sampling.langevin.n_steps_each={n_steps_each!r} must be >= 1.")
+      raise UserError(f"config.sampling.langevin.n_steps_each={n_steps_each!r} must be >= 1.")
     self.sigmas = np.asarray(sigmas, np.float64)
     self.levels = np.arange(len(self.sigmas)) if levels is None else np.asarray(levels, int)
     self.step_lr, self.n_steps_each = float(step_lr), int(n_steps_each)

@@ -23,6 +23,7 @@ from sampling.denoiser import DenoiserSampler
 from sampling.interface import SampleResult, SteppedSampler, coloring_of
 from sampling.noise import NoiseSource
 from sampling.pc import PCSampler
+from errors import UserError
 
 # score_sde's orthogonal colour matrix (controllable_generation.get_pc_colorizer): column 0 is
 # the grey axis (1, 1, 1) / sqrt(3).
@@ -50,7 +51,7 @@ class ConditionalPCSampler(PCSampler):
 
   def __init__(self, setup, space: str = "pixels", **pc_settings):
     if space not in SPACES:
-      raise ValueError(f"The conditioning space {space!r} must be one of {SPACES}.")
+      raise UserError(f"The conditioning space {space!r} must be one of {SPACES}.")
     super().__init__(setup, **pc_settings)
     self.space = space
     self._conditional_init = jax.jit(self._conditional_init_impl)
@@ -120,7 +121,7 @@ class ConditionalSigmaSampler(SteppedSampler):
   def __init__(self, method: DenoiserSampler, space: str = "pixels", corrector_steps: int = 1,
                snr: float = 0.16):
     if space not in SPACES:
-      raise ValueError(f"The conditioning space {space!r} must be one of {SPACES}.")
+      raise UserError(f"The conditioning space {space!r} must be one of {SPACES}.")
     self.method, self.space = method, space
     self.corrector_steps, self.snr = int(corrector_steps), float(snr)
     super().__init__(method.setup, method.num_steps)
@@ -201,7 +202,7 @@ def build(config, shape, space: str, batch_sharding=None):
   if str(sampling.method).lower() != "pc":
     method = factory.build(config, shape, batch_sharding=batch_sharding)
     if not isinstance(method, DenoiserSampler):
-      raise ValueError(f"Inpainting and colourisation use the PC sampler or a σ-schedule "
+      raise UserError(f"Inpainting and colourisation use the PC sampler or a σ-schedule "
                        f"method (euler, heun, edm, euler_ancestral, ddim, dpmpp_*); "
                        f"config.sampling.method={sampling.method!r} is neither.")
     corrector_steps = 0 if str(sampling.corrector) == "none" else int(sampling.n_steps_each)

@@ -23,6 +23,7 @@ import numpy as np
 
 import sde_lib
 from sampling.interface import SteppedSampler
+from errors import UserError
 
 SCHEDULES = ("karras", "sde", "logsnr")
 
@@ -43,7 +44,7 @@ class DenoiserView:
     self.kind = ("ve" if isinstance(training_sde, sde_lib.VESDE) else
                  "subvp" if isinstance(training_sde, sde_lib.subVPSDE) else "vp")
     if not self.continuous and self.kind == "subvp":
-      raise ValueError("Discrete training (config.training.continuous=False) is defined for "
+      raise UserError("Discrete training (config.training.continuous=False) is defined for "
                        "vesde and vpsde only, not subvpsde.")
     if self.continuous and self.kind == "ve":
       self.sigma_min, self.sigma_max = training_sde.sigma_min, training_sde.sigma_max
@@ -119,9 +120,9 @@ class DenoiserView:
     log σ.
     """
     if kind not in SCHEDULES:
-      raise ValueError(f"config.sampling.schedule={kind!r} must be one of {SCHEDULES}.")
+      raise UserError(f"config.sampling.schedule={kind!r} must be one of {SCHEDULES}.")
     if not rho > 0:
-      raise ValueError(f"config.sampling.karras_rho must be positive, got {rho!r}.")
+      raise UserError(f"config.sampling.karras_rho must be positive, got {rho!r}.")
     n = int(num_steps)
     ramp = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
     low, high = self.sigma_min, self.sigma_max
@@ -166,7 +167,7 @@ class DenoiserSampler(SteppedSampler):
   def __init__(self, setup, schedule: str = "karras", rho: float = 7.0):
     num_steps = setup.sde.N
     if num_steps < 1:
-      raise ValueError(f"config.sampling.num_steps must be >= 1, got {num_steps}.")
+      raise UserError(f"config.sampling.num_steps must be >= 1, got {num_steps}.")
     self.view = DenoiserView(setup.training_sde or setup.sde, setup.continuous, setup.eps)
     self.sigmas = self.view.schedule(num_steps, schedule, rho)
     self.schedule, self.rho = schedule, rho

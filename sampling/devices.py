@@ -9,6 +9,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from errors import UserError
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
@@ -46,7 +47,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, field: str = "config.eval.batch_size"):
   count = mesh.devices.size
   if batch_size % count:
-    raise ValueError(f"{field}={batch_size} must be divisible by the number of devices ({count}).")
+    raise UserError(f"{field}={batch_size} must be divisible by the number of devices ({count}).")
 
 
 def local_rows(array) -> np.ndarray:
@@ -87,6 +88,6 @@ def set_matmul_precision(config):
   where 'default' runs float32 convolutions as TF32: about 2× faster, ~1e-3 relative error)."""
   precision = config.sampling.matmul_precision
   if precision not in ("default", "high", "highest"):
-    raise ValueError(f"config.sampling.matmul_precision={precision!r} must be 'default', 'high' "
+    raise UserError(f"config.sampling.matmul_precision={precision!r} must be 'default', 'high' "
                      "or 'highest'.")
   jax.config.update("jax_default_matmul_precision", precision)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from sampling.denoiser import DenoiserSampler, SigmaState
 from sampling.interface import SAMPLERS
+from errors import UserError
 
 SOLVER_TYPES = ("midpoint", "heun")
 
@@ -29,11 +30,11 @@ class _DPMSolverPP(DenoiserSampler):
   def __init__(self, setup, schedule="karras", rho=7.0, eta=1.0, s_noise=1.0,
                solver_type="midpoint"):
     if not eta >= 0:
-      raise ValueError(f"config.sampling.eta must be >= 0, got {eta!r}.")
+      raise UserError(f"config.sampling.eta must be >= 0, got {eta!r}.")
     if not s_noise >= 0:
-      raise ValueError(f"config.sampling.s_noise must be >= 0, got {s_noise!r}.")
+      raise UserError(f"config.sampling.s_noise must be >= 0, got {s_noise!r}.")
     if solver_type not in SOLVER_TYPES:
-      raise ValueError(f"config.sampling.solver_type={solver_type!r} must be one of "
+      raise UserError(f"config.sampling.solver_type={solver_type!r} must be one of "
                        f"{SOLVER_TYPES}.")
     super().__init__(setup, schedule, rho)
     self.eta = float(eta) if self.stochastic else 0.0

@@ -13,6 +13,7 @@ import numpy as np
 
 from sampling.denoiser import DenoiserSampler
 from sampling.interface import SAMPLERS
+from errors import UserError
 
 
 class _EDMSampler(DenoiserSampler):
@@ -24,9 +25,9 @@ class _EDMSampler(DenoiserSampler):
                S_tmax=math.inf, S_noise=1.0):
     for name, value in (("S_churn", S_churn), ("S_tmin", S_tmin), ("S_noise", S_noise)):
       if not value >= 0:
-        raise ValueError(f"config.sampling.edm.{name} must be >= 0, got {value!r}.")
+        raise UserError(f"config.sampling.edm.{name} must be >= 0, got {value!r}.")
     if not S_tmax >= S_tmin:
-      raise ValueError(f"config.sampling.edm.S_tmax={S_tmax!r} must be >= S_tmin={S_tmin!r}.")
+      raise UserError(f"config.sampling.edm.S_tmax={S_tmax!r} must be >= S_tmin={S_tmin!r}.")
     super().__init__(setup, schedule, rho)
     if self.second_order:  # no correction on the last step, to σ = 0
       self.nfe = 2 * self.num_steps - 1

@@ -18,9 +18,10 @@ import sde_lib
 from models import utils as model_utils
 from sampling import devices
 from sampling.interface import SAMPLERS, SamplerSetup, SteppedSampler
+from errors import UserError
 
 
-class SamplingError(RuntimeError):
+class SamplingError(UserError):
   """A sampling run that produced unusable samples (NaN or inf)."""
 
 
@@ -36,14 +37,14 @@ def sampling_steps(config):
   full = config.model.num_scales
   num_steps, speedup = int(config.sampling.num_steps), float(config.sampling.speedup)
   if num_steps < 0:
-    raise ValueError(f"config.sampling.num_steps must be >= 0 (0 = model.num_scales), got "
+    raise UserError(f"config.sampling.num_steps must be >= 0 (0 = model.num_scales), got "
                      f"{num_steps}.")
   if num_steps == 0:
     if not speedup > 0:
-      raise ValueError(f"config.sampling.speedup must be positive, got {speedup}.")
+      raise UserError(f"config.sampling.speedup must be positive, got {speedup}.")
     rule = str(config.sampling.get("speedup_rule", "round"))
     if rule not in ("round", "truncate"):
-      raise ValueError(f"config.sampling.speedup_rule={rule!r} must be 'round' or 'truncate'.")
+      raise UserError(f"config.sampling.speedup_rule={rule!r} must be 'round' or 'truncate'.")
     num_steps = max(1, int(round(full / speedup)) if rule == "round" else int(full / speedup))
   return num_steps, full / num_steps
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from sampling.interface import SAMPLERS, SampleResult, Sampler, SamplerSetup, coloring_of
 from sampling.noise import NoiseSource
 from sampling.predictors import ReverseDiffusion
+from errors import UserError
 
 # name -> diffrax solver class.
 SOLVERS = {
@@ -41,10 +42,10 @@ class ODESampler(Sampler):
   def __init__(self, setup: SamplerSetup, solver: str = "tsit5", rtol: float = 1e-5,
                atol: float = 1e-5, denoise: bool = True, max_steps: int = 4096):
     if solver not in SOLVERS:
-      raise ValueError(f"config.sampling.ode.solver={solver!r} must be one of {sorted(SOLVERS)}.")
+      raise UserError(f"config.sampling.ode.solver={solver!r} must be one of {sorted(SOLVERS)}.")
     for name, value in (("rtol", rtol), ("atol", atol)):
       if not value > 0:
-        raise ValueError(f"config.sampling.ode.{name} must be positive, got {value!r}.")
+        raise UserError(f"config.sampling.ode.{name} must be positive, got {value!r}.")
     self.setup = setup
     self.sde = setup.sde
     self.shape = tuple(setup.shape)

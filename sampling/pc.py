@@ -15,6 +15,7 @@ from sampling.correctors import CORRECTORS
 from sampling.interface import SAMPLERS, SamplerSetup, SteppedSampler
 from sampling.noise import NoiseSource
 from sampling.predictors import PREDICTORS
+from errors import UserError
 
 
 class PCState(NamedTuple):
@@ -66,7 +67,7 @@ class PCSampler(SteppedSampler):
     x = self.sde.prior_from_noise(xi)
     if noise.initial_mean() is not None:
       if not isinstance(self.sde, sde_lib.VESDE):
-        raise ValueError("config.sampling.tdas.init_mean: a VP or subVP prior has mean ~0, so PC "
+        raise UserError("config.sampling.tdas.init_mean: a VP or subVP prior has mean ~0, so PC "
                          "sampling starts there; use init_mean with a VE model or a σ-schedule "
                          "method (euler, heun, dpmpp_*, ...).")
       x = noise.constrain(x + noise.initial_mean())

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 import sde_lib
 from sampling.registry import Registry
+from errors import UserError
 
 PREDICTORS = Registry("predictor", "config.sampling.predictor")
 
@@ -57,10 +58,10 @@ class AncestralSampling(Predictor):
   def __init__(self, sde, score_fn, probability_flow: bool = False):
     super().__init__(sde, score_fn, probability_flow)
     if type(sde) not in (sde_lib.VESDE, sde_lib.VPSDE):
-      raise ValueError("config.sampling.predictor='ancestral_sampling' is defined for vesde and "
+      raise UserError("config.sampling.predictor='ancestral_sampling' is defined for vesde and "
                        f"vpsde only, not {type(sde).__name__}.")
     if probability_flow:
-      raise ValueError("Ancestral sampling has no probability-flow form "
+      raise UserError("Ancestral sampling has no probability-flow form "
                        "(config.sampling.probability_flow must be False).")
 
   def update(self, x, t, noise):

@@ -1,4 +1,5 @@
 """Tiny name -> class registries for predictors and correctors."""
+from errors import UserError
 
 
 class Registry:
@@ -21,7 +22,7 @@ class Registry:
   def get(self, name: str):
     key = str(name).lower()
     if key not in self._entries:
-      raise ValueError(f"{self.config_field}={name!r} is not a known {self.kind}; known: "
+      raise UserError(f"{self.config_field}={name!r} is not a known {self.kind}; known: "
                        f"{sorted(self._entries)}.")
     return self._entries[key]
 

@@ -27,6 +27,7 @@ from tdas import filters as tdas_filters
 from tdas import stats
 from tdas.stats import mean_amplitude, radial_profile  # pylint: disable=unused-import
 from tdas.transforms import check_transform
+from errors import UserError
 
 METHODS = ("zones", "quantile", "radial")  # fits of Dev = S(N') / S(N)
 # Filters made from the data set, without sampling: PDS's masks (docs/PDS.md §3).
@@ -118,7 +119,7 @@ def fit_quantile_filter(deviation, transform: str = "dct",
   transform = check_transform(transform)
   q1, q2 = (float(q) for q in quantiles)
   if not 0.0 <= q1 <= q2 <= 1.0:
-    raise ValueError(f"config.calibrate.quantiles={tuple(quantiles)!r} must satisfy "
+    raise UserError(f"config.calibrate.quantiles={tuple(quantiles)!r} must satisfy "
                      "0 <= q1 <= q2 <= 1.")
   deviation = np.asarray(deviation, np.float64)
   all_rho = tdas_filters.normalized_radius(deviation.shape[0], deviation.shape[1], transform)
@@ -172,7 +173,7 @@ def fit_one_zone_filter(centres, deviation, tolerance: float = 0.01) -> dict:
 
 def check_method(method: str, allowed=METHODS + DATA_METHODS) -> str:
   if method not in allowed:
-    raise ValueError(f"config.calibrate.method={method!r} must be one of {tuple(allowed)}.")
+    raise UserError(f"config.calibrate.method={method!r} must be one of {tuple(allowed)}.")
   return method
 
 

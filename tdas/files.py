@@ -26,9 +26,10 @@ import numpy as np
 
 import atomic_io
 from tdas import stats as tdas_stats
+from errors import MissingFileError, UserError
 
 
-class FilterFileError(ValueError):
+class FilterFileError(UserError):
   """A filter file that is missing, unreadable or does not fit the config."""
 
 
@@ -38,13 +39,13 @@ def _read_npz(path: str, what: str) -> Dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
   except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
-    raise ValueError(f"{what} {path!r} is not a readable .npz: {type(error).__name__}: "
+    raise UserError(f"{what} {path!r} is not a readable .npz: {type(error).__name__}: "
                      f"{error}") from error
 
 
 def _check_shape(array, shape, path, name, what):
   if shape is not None and tuple(array.shape) != tuple(shape):
-    raise ValueError(f"{what} {path!r}: `{name}` has shape {tuple(array.shape)} but the config's "
+    raise UserError(f"{what} {path!r}: `{name}` has shape {tuple(array.shape)} but the config's "
                      f"images are {tuple(shape)} (data.image_size, data.num_channels).")
 
 
@@ -109,12 +110,12 @@ def read_mean_image(path: str, shape) -> np.ndarray:
   """The data's mean image (H, W, C) in [0, 1], float64, from a space file (key `mean`) or an
   image file (PNG/JPEG)."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"config.sampling.tdas.space_file={path!r} does not exist (make it "
+    raise MissingFileError(f"config.sampling.tdas.space_file={path!r} does not exist (make it "
                             "with --mode stats, or clear the field to run without a space filter).")
   if path.endswith(".npz"):
     contents = _read_npz(path, "Space file")
     if "mean" not in contents:
-      raise ValueError(f"Space file {path!r} has no `mean` array (it holds {sorted(contents)}).")
+      raise UserError(f"Space file {path!r} has no `mean` array (it holds {sorted(contents)}).")
     mean = np.asarray(contents["mean"], np.float64)
   else:
     from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -122,7 +123,7 @@ def read_mean_image(path: str, shape) -> np.ndarray:
                       np.float64) / 255.0
     mean = mean.reshape(mean.shape[0], mean.shape[1], -1)
   if tuple(mean.shape) != tuple(shape):
-    raise ValueError(f"Space file {path!r} holds a {mean.shape} mean image; the config's images "
+    raise UserError(f"Space file {path!r} holds a {mean.shape} mean image; the config's images "
                      f"are {tuple(shape)}.")
   return mean
 
@@ -152,7 +153,7 @@ def read_frequency(path: str, field: str, image_size: Optional[Tuple[int, int]] 
     transform: 'dct' or 'dft' when the caller needs that map; None takes what the file holds.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{field}={path!r} does not exist: make it with `--mode stats`, or "
+    raise MissingFileError(f"{field}={path!r} does not exist: make it with `--mode stats`, or "
                             "clear the field.")
   label = f"Frequency statistics file ({field})"
   contents = _read_npz(path, label)
@@ -160,15 +161,15 @@ def read_frequency(path: str, field: str, image_size: Optional[Tuple[int, int]] 
   maps = {t: np.asarray(contents[k], np.float64) for t, k in wanted.items() if k in contents}
   if not maps or (transform is not None and transform not in maps):
     expected = " and/or ".join(f"`{k}`" for k in wanted.values())
-    raise ValueError(f"{label} {path!r} holds {sorted(contents)}; expected {expected} (H, W).")
+    raise UserError(f"{label} {path!r} holds {sorted(contents)}; expected {expected} (H, W).")
   for name, amplitude in maps.items():
     if amplitude.ndim == 3:  # per channel: the statistics use the channel average
       maps[name] = amplitude = amplitude.mean(axis=2)
     if amplitude.ndim != 2:
-      raise ValueError(f"{label} {path!r}: `{_AMPLITUDE_KEYS[name]}` has shape {amplitude.shape}; "
+      raise UserError(f"{label} {path!r}: `{_AMPLITUDE_KEYS[name]}` has shape {amplitude.shape}; "
                        "expected (H, W).")
     if image_size is not None and amplitude.shape != tuple(image_size):
-      raise ValueError(f"{label} {path!r} is for {amplitude.shape} images; the config's are "
+      raise UserError(f"{label} {path!r} is for {amplitude.shape} images; the config's are "
                        f"{tuple(image_size)}.")
   return maps
 
@@ -188,12 +189,12 @@ def read_analytic_target(path: str, shape) -> Tuple[np.ndarray, np.ndarray]:
   variances are a ValueError / FileNotFoundError naming the file.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"config.model.target_file={path!r} does not exist (make one with "
+    raise MissingFileError(f"config.model.target_file={path!r} does not exist (make one with "
                             "--mode stats, or clear the field for the power-law target).")
   contents = _read_npz(path, "Analytic target file")
   missing = [k for k in ("mean", "dct_variance") if k not in contents]
   if missing:
-    raise ValueError(f"Analytic target file {path!r} lacks {missing} (it holds "
+    raise UserError(f"Analytic target file {path!r} lacks {missing} (it holds "
                      f"{sorted(contents)}).")
   mean = np.asarray(contents["mean"], np.float32)
   dct_variance = np.asarray(contents["dct_variance"], np.float32)
@@ -201,7 +202,7 @@ def read_analytic_target(path: str, shape) -> Tuple[np.ndarray, np.ndarray]:
     _check_shape(array, shape, path, name, "Analytic target file")
   if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(dct_variance))
           and np.all(dct_variance >= 0)):
-    raise ValueError(f"Analytic target file {path!r}: `mean` must be finite and `dct_variance` "
+    raise UserError(f"Analytic target file {path!r}: `mean` must be finite and `dct_variance` "
                      "finite and non-negative.")
   return mean, dct_variance
 
@@ -238,17 +239,17 @@ def read_pds_mask(path: str, field: str, shape) -> np.ndarray:
   layout is refused only by its size.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{field}={path!r} does not exist (make it with tools/pds_masks.py "
+    raise MissingFileError(f"{field}={path!r} does not exist (make it with tools/pds_masks.py "
                             "or PDS's mask_gen_demo.py, or clear the field).")
   try:
     array = np.load(path, allow_pickle=False)
   except (OSError, EOFError, ValueError) as error:
-    raise ValueError(f"{field}={path!r} is not a readable .npy: {error}") from error
+    raise UserError(f"{field}={path!r} is not a readable .npy: {error}") from error
   height, width, channels = shape
   if array.size != height * width * channels:
-    raise ValueError(f"{field}={path!r} holds {array.shape}; the config's images need "
+    raise UserError(f"{field}={path!r} holds {array.shape}; the config's images need "
                      f"({channels}, {height}, {width}) (channels first, as PDS saves them).")
   array = np.asarray(array, np.float64).reshape(channels, height, width).transpose(1, 2, 0)
   if not np.all(np.isfinite(array)) or np.any(array < 0) or array.max() <= 0:
-    raise ValueError(f"{field}={path!r} must be finite, non-negative and not all zero.")
+    raise UserError(f"{field}={path!r} must be finite, non-negative and not all zero.")
   return array

@@ -6,6 +6,7 @@ never baked into its trace. Shapes are (H, W, C), broadcast over the batch.
 import numpy as np
 
 from tdas.transforms import check_transform
+from errors import UserError
 
 SPACE_MAPS = {
     "sqrt": np.sqrt,
@@ -39,11 +40,11 @@ def frequency_filter(shape, r1: float, r2: float, lambda1: float, lambda2: float
   """
   height, width, channels = shape
   if not 0 <= r1 <= r2:
-    raise ValueError(f"The TDAS zones need 0 <= r1 <= r2 (config.sampling.tdas.r1/r2), got "
+    raise UserError(f"The TDAS zones need 0 <= r1 <= r2 (config.sampling.tdas.r1/r2), got "
                      f"r1={r1!r}, r2={r2!r}.")
   for name, value in (("lambda1", lambda1), ("lambda2", lambda2)):
     if not value > 0:
-      raise ValueError(f"config.sampling.tdas.{name} must be positive, got {value!r}.")
+      raise UserError(f"config.sampling.tdas.{name} must be positive, got {value!r}.")
   rho = normalized_radius(height, width, transform)
   zoned = np.where(rho <= r1, 1.0, np.where(rho <= r2, lambda1, lambda2))
   return np.repeat(zoned[:, :, None], channels, axis=2).astype(np.float32)
@@ -65,7 +66,7 @@ def radial_profile_filter(shape, profile, transform: str = "dct") -> np.ndarray:
   """
   profile = np.asarray(profile, np.float64)
   if profile.ndim != 1 or profile.size == 0 or not np.all(profile > 0):
-    raise ValueError(f"A radial-profile filter needs a 1-D array of positive gains, got shape "
+    raise UserError(f"A radial-profile filter needs a 1-D array of positive gains, got shape "
                      f"{profile.shape} with min {profile.min() if profile.size else None}.")
   height, width, channels = shape
   values = profile[radial_bin(normalized_radius(height, width, transform), profile.size)]
@@ -78,17 +79,17 @@ def space_filter(mean_image, f: str = "sqrt", alpha: float = 1.0) -> np.ndarray:
   A0 = f(m) / max f(m); A = (A0 + alpha - 1) / alpha, so A lies in [(alpha - 1) / alpha, 1].
   """
   if f not in SPACE_MAPS:
-    raise ValueError(f"config.sampling.tdas.space_f={f!r} must be one of {sorted(SPACE_MAPS)}.")
+    raise UserError(f"config.sampling.tdas.space_f={f!r} must be one of {sorted(SPACE_MAPS)}.")
   if not alpha >= 1:
-    raise ValueError(f"config.sampling.tdas.space_alpha must be >= 1, got {alpha!r}.")
+    raise UserError(f"config.sampling.tdas.space_alpha must be >= 1, got {alpha!r}.")
   mean_image = np.asarray(mean_image, np.float64)
   if mean_image.ndim != 3:
-    raise ValueError(f"The mean image must be (H, W, C), got shape {mean_image.shape}.")
+    raise UserError(f"The mean image must be (H, W, C), got shape {mean_image.shape}.")
   if np.any(mean_image < 0) or not np.all(np.isfinite(mean_image)):
-    raise ValueError("The mean image must be finite and in [0, 1] (data scale, not centred).")
+    raise UserError("The mean image must be finite and in [0, 1] (data scale, not centred).")
   mapped = SPACE_MAPS[f](mean_image)
   if mapped.max() <= 0:
-    raise ValueError("The mean image is zero everywhere: no space filter can be made from it.")
+    raise UserError("The mean image is zero everywhere: no space filter can be made from it.")
   a0 = mapped / mapped.max()
   return ((a0 + alpha - 1.0) / alpha).astype(np.float32)
 
@@ -111,7 +112,7 @@ def pds_filter(statistic, alpha: float = 5.0) -> np.ndarray:
   values in [1, alpha / (alpha − 1)], 1 where the statistic is largest.
   """
   if not alpha > 1:
-    raise ValueError(f"config.sampling.tdas.pds_alpha must be > 1, got {alpha!r}.")
+    raise UserError(f"config.sampling.tdas.pds_alpha must be > 1, got {alpha!r}.")
   statistic = np.asarray(statistic, np.float64)
   softened = (statistic / statistic.max() + alpha - 1.0) / alpha
   return (1.0 / softened).astype(np.float32)

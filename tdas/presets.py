@@ -35,6 +35,7 @@ noise-removal step and the paper's settings); on another model or budget, calibr
 """
 import dataclasses
 from typing import Dict
+from errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +82,7 @@ def get_preset(name: str) -> Preset:
   try:
     return PRESETS[name]
   except KeyError:
-    raise ValueError(f"config.sampling.tdas.preset={name!r} is not a known TDAS preset; known "
+    raise UserError(f"config.sampling.tdas.preset={name!r} is not a known TDAS preset; known "
                      f"presets (the TDAS paper's Table 4): {', '.join(sorted(PRESETS))}."
                      ) from None
 

@@ -18,6 +18,7 @@ from tdas import filters as tdas_filters
 from tdas import presets
 from tdas.noise import APPLY_TO, Coloring
 from tdas.transforms import check_transform
+from errors import UserError
 
 
 def image_shape(config) -> Tuple[int, int, int]:
@@ -62,7 +63,7 @@ class TDAS:
   def __post_init__(self):
     check_transform(self.transform)
     if self.apply_to not in APPLY_TO:
-      raise ValueError(f"config.sampling.tdas.apply_to={self.apply_to!r} must be one of "
+      raise UserError(f"config.sampling.tdas.apply_to={self.apply_to!r} must be one of "
                        f"{APPLY_TO}.")
 
   @classmethod
@@ -125,7 +126,7 @@ def effective_fields(config) -> ml_collections.ConfigDict:
     return tdas
   preset = presets.get_preset(name)
   if tdas.get("filter_file", ""):
-    raise ValueError(f"config.sampling.tdas.preset={name!r} and config.sampling.tdas.filter_file="
+    raise UserError(f"config.sampling.tdas.preset={name!r} and config.sampling.tdas.filter_file="
                      f"{tdas.filter_file!r} both set the frequency filter; clear one of them.")
   resolved = ml_collections.ConfigDict(tdas.to_dict())
   resolved.update(preset.filter_fields())
@@ -180,10 +181,10 @@ def resolve(config) -> TDAS:
   filter_steps = 0
   if tdas.get("pds_space_mask", "") or tdas.get("pds_freq_mask", ""):
     if tdas.filter_file:
-      raise ValueError("config.sampling.tdas.filter_file and the PDS masks "
+      raise UserError("config.sampling.tdas.filter_file and the PDS masks "
                        "(config.sampling.tdas.pds_*_mask) both set the filters; clear one.")
     if transform != "dft" and tdas.get("pds_freq_mask", ""):
-      raise ValueError("PDS's frequency mask is indexed by DFT frequency: set "
+      raise UserError("PDS's frequency mask is indexed by DFT frequency: set "
                        "config.sampling.tdas.transform='dft'.")
     alpha = float(tdas.pds_alpha)
     for name in ("pds_space_mask", "pds_freq_mask"):
@@ -200,7 +201,7 @@ def resolve(config) -> TDAS:
     file_space, file_freq, info = files.load_filters(tdas.filter_file, shape)
     made_with = info.get("transform") if isinstance(info, dict) else None
     if made_with is not None and made_with != transform:
-      raise ValueError(
+      raise UserError(
           f"The TDAS filter file {tdas.filter_file!r} holds a {made_with.upper()} frequency filter "
           f"but config.sampling.tdas.transform={transform!r}; set the transform to {made_with!r}.")
     freq = file_freq if tdas.use_frequency else None
@@ -217,7 +218,7 @@ def resolve(config) -> TDAS:
   init_mean = None
   if tdas.get("init_mean", False):
     if not tdas.space_file:
-      raise ValueError("config.sampling.tdas.init_mean=True needs the data's mean image: set "
+      raise UserError("config.sampling.tdas.init_mean=True needs the data's mean image: set "
                        "config.sampling.tdas.space_file (made by --mode stats).")
     mean = files.read_mean_image(tdas.space_file, shape)
     init_mean = (2.0 * mean - 1.0 if config.data.centered else mean).astype(np.float32)

@@ -25,6 +25,7 @@ from scipy import fft as sfft
 
 from tdas import filters as tdas_filters
 from tdas.transforms import TRANSFORMS, check_transform
+from errors import UserError
 
 
 def transform_amplitude(images, transform: str = "dct") -> np.ndarray:
@@ -165,9 +166,9 @@ def radial_profile(values, num_bins: int, transform: str = "dct", return_counts:
   """
   values = np.asarray(values, np.float64)
   if values.ndim != 2:
-    raise ValueError(f"radial_profile takes an (H, W) map, got shape {values.shape}.")
+    raise UserError(f"radial_profile takes an (H, W) map, got shape {values.shape}.")
   if num_bins < 1:
-    raise ValueError(f"num_bins={num_bins!r} must be >= 1.")
+    raise UserError(f"num_bins={num_bins!r} must be >= 1.")
   rho = tdas_filters.normalized_radius(values.shape[0], values.shape[1], transform)
   bins = tdas_filters.radial_bin(rho, num_bins)
   finite = np.isfinite(values)

@@ -5,6 +5,7 @@ variant of TDAS filters through `fft2`/`ifft2` and keeps the real part (SEMANTIC
 """
 import jax.numpy as jnp
 from jax.scipy import fft as jfft
+from errors import UserError
 
 # Image axes of (..., H, W, C).
 IMAGE_AXES = (-3, -2)
@@ -33,7 +34,7 @@ def idft2(coefficients):
 
 def check_transform(transform: str) -> str:
   if transform not in TRANSFORMS:
-    raise ValueError(f"config.sampling.tdas.transform={transform!r} must be one of {TRANSFORMS}.")
+    raise UserError(f"config.sampling.tdas.transform={transform!r} must be one of {TRANSFORMS}.")
   return transform
 
 

@@ -25,6 +25,7 @@ from absl import logging
 from ml_collections.config_flags import config_flags
 
 import checkpoints
+from errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -82,7 +83,7 @@ def convert(config, input_path: str, output_dir: str, overwrite: bool = False) -
   if checkpoints.is_orbax_checkpoint(input_path):
     state = checkpoints.released_state_from_trained(input_path, config)
   elif os.path.isdir(input_path):
-    raise ValueError(f"--input {input_path!r} is a directory but not a finished --mode train "
+    raise UserError(f"--input {input_path!r} is a directory but not a finished --mode train "
                      "checkpoint folder; pass the .pth file itself.")
   else:
     state = _pytorch_state(config, input_path)

@@ -17,6 +17,7 @@ from absl import logging
 
 import atomic_io
 from evaluation import inception
+from errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, f"The .pth weight file ({inception.WEIGHTS_FILENAME}).")
@@ -28,7 +29,7 @@ flags.mark_flags_as_required(["input", "output"])
 def convert(input_path: str, output_path: str, overwrite: bool = False) -> str:
   """Writes `input_path`'s state dict (checked) to `output_path` (.npz). Returns the path."""
   if not output_path.endswith(".npz"):
-    raise ValueError(f"--output {output_path!r} must end in .npz.")
+    raise UserError(f"--output {output_path!r} must end in .npz.")
   if os.path.exists(output_path) and not overwrite:
     raise FileExistsError(f"{output_path!r} exists; pass --overwrite to replace it.")
   state, sha = inception.read_state_dict(input_path)
