@@ -1,4 +1,4 @@
-"""Reading released score_sde checkpoints (SEMANTICS.md §4).
+"""Reading released score_sde checkpoints (docs/numerics.md §4).
 
 A released checkpoint is one flax-msgpack file `<workdir>/checkpoints/checkpoint_<n>` holding the
 training state `{step, optimizer{target, state}, lr, model_state, ema_rate, params_ema, rng}`.

@@ -108,10 +108,11 @@ def read_npz_images(path: str, image_size: Optional[int] = None,
 
 
 def iterate_images(path: str, image_size: int, num_channels: int, batch_size: int = 256,
-                   max_images: int = 0) -> Iterator[np.ndarray]:
-  """uint8 batches (n, H, W, C) of the data set at `path` (an image folder or an `.npz`)."""
+                   max_images: int = 0, field: str = "config.data.path") -> Iterator[np.ndarray]:
+  """uint8 batches (n, H, W, C) of the data set at `path` (an image folder or an `.npz`); errors
+  name `field`, the config field or flag that gave the path."""
   if not path:
-    raise DatasetError("config.data.path is empty: set it to an image folder (PNG/JPEG) or an "
+    raise DatasetError(f"{field} is empty: set it to an image folder (PNG/JPEG) or an "
                        ".npz with `images` uint8 (N, H, W, C).")
   if os.path.isdir(path):
     yield from iterate_image_folder(path, image_size, num_channels, batch_size, max_images)
@@ -124,9 +125,9 @@ def iterate_images(path: str, image_size: int, num_channels: int, batch_size: in
       yield images[start:start + batch_size]
     return
   if not os.path.exists(path):
-    raise DatasetError(f"Data set {path!r} does not exist (config.data.path).")
+    raise DatasetError(f"Data set {path!r} does not exist ({field}).")
   raise DatasetError(f"Data set {path!r} is neither a folder of images nor an .npz file "
-                     "(config.data.path).")
+                     f"({field}).")
 
 
 
@@ -185,7 +186,7 @@ def _tf():
 
 
 def get_data_scaler(config):
-  """x in [0, 1] -> model space: 2x - 1 when data.centered (SEMANTICS §1), else x."""
+  """x in [0, 1] -> model space: 2x - 1 when data.centered (docs/numerics.md §1), else x."""
   if config.data.centered:
     return lambda x: x * 2.0 - 1.0
   return lambda x: x

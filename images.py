@@ -24,6 +24,9 @@ def to_data_scale(x, centered: bool) -> np.ndarray:
   return (x + 1.0) / 2.0 if centered else x
 
 
+# samples_grid.png shows round 0 whole, up to this many samples (a 16 × 16 grid).
+GRID_MAX_IMAGES = 256
+
 # Grid tiles smaller than this are enlarged (nearest neighbour) so that a person can see them.
 MIN_TILE = 64
 

@@ -51,7 +51,7 @@ def dsm_terms(sde, model, variables, x0, t, z, *, train, reduce_mean, likelihood
               dropout_rng=None):
   """Per-sample continuous DSM losses (B,) for given times t (B,) and unit noise z (like x0).
 
-  x_t = mean(t)·x0 + std(t)·z is scored by the network's score function s (SEMANTICS §3):
+  x_t = mean(t)·x0 + std(t)·z is scored by the network's score function s (docs/numerics.md §3):
   without weighting the term is reduce(|s·std + z|²) (λ(t) = std², score_sde's default); with
   likelihood weighting it is reduce(|s + z/std|²)·g(t)² (λ(t) = g², the ELBO-tight weight).
   """

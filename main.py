@@ -15,6 +15,7 @@ from absl import logging
 from ml_collections.config_flags import config_flags
 
 import run_lib
+from tdas import settings as tdas_settings
 from errors import UserError
 
 MODES = run_lib.MODES
@@ -101,6 +102,12 @@ def parse_flags(argv):
   sys.exit(1)
 
 
+def command_line_fields(argv) -> list:
+  """The dotted config fields that `argv` overrides (`--config.a.b=v` or `--config.a.b v`)."""
+  return [arg[len("--config."):].split("=", 1)[0] for arg in argv
+          if arg.startswith("--config.")]
+
+
 def apply_shorthands(config):
   """The convenience flags only override config fields."""
   if FLAGS.speedup is not None:
@@ -135,6 +142,7 @@ def main(argv):
   options = dict(eval_folder=FLAGS.eval_folder)
   if FLAGS.mode == "sample":
     options["discard_rounds"] = FLAGS.discard_rounds
+  tdas_settings.set_command_line_fields(command_line_fields(sys.argv))
   try:
     MODES[FLAGS.mode](apply_shorthands(FLAGS.config), FLAGS.workdir, **options)
   except UserError as error:

@@ -128,14 +128,15 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
       log=lambda level, message: getattr(logging, level)("%s", message))
 
   # The pictures show process 0's rows (every process samples the vanilla batch: a collective).
-  first = np.load(sample_rounds.round_path(out_dir, 0, suffix))["samples"][:64]
+  first = np.load(sample_rounds.round_path(out_dir, 0, suffix))["samples"][:images.GRID_MAX_IMAGES]
   writes_pictures = jax.process_index() == 0
   if writes_pictures:
     images.save_png(os.path.join(out_dir, "samples_grid.png"), images.image_grid(first))
+    logging.info("samples_grid.png shows the first %d samples (round 0).", len(first))
   if tdas.enabled and config.sampling.vanilla_comparison:
     vanilla, _ = factory.run(sampler, jax.random.fold_in(seed_key, 0), variables,
                              tdas.without_filters(), progress_label="vanilla comparison")
-    vanilla = images.to_uint8(vanilla, config.data.centered)[round_rows(0)][:64]
+    vanilla = images.to_uint8(vanilla, config.data.centered)[round_rows(0)][:len(first)]
     if writes_pictures:
       label = "PDS" if tdas.pds_masks is not None and tdas.precondition_drift else "TDAS"
       images.save_comparison(os.path.join(out_dir, "vanilla_vs_tdas.png"), vanilla, first,
@@ -150,6 +151,7 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
       num_samples=num_samples, rounds=num_rounds, rounds_this_run=rounds_run,
       batch_size=batch_size, steps=steps, speedup=setup.speedup, eps=setup.eps,
       nfe=timing["nfe"], method=config.sampling.method, **sampler.describe(), source=source,
+      grid_images=len(first),
       tdas=tdas.describe(), device_count=mesh.devices.size, process_count=jax.process_count(),
       seconds=seconds,
       seconds_per_step=(seconds / (rounds_run * steps)) if rounds_run else None,
@@ -373,13 +375,14 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
   return summary
 
 
-def write_pds_masks(data_path, image_size, num_channels, num_images, out_dir):
-  """PDS's raw mask statistics of the first `num_images` images of a data set (docs/PDS.md §3a),
+def write_pds_masks(data_path, image_size, num_channels, num_images, out_dir,
+                    field="config.data.path"):
+  """PDS's raw mask statistics of the first `num_images` images of a data set (docs/pds.md §3a),
   written as `pds_space.npy` = mean(x²) and `pds_freq.npy` = log(1 + mean |DFT2(x)|²), float32
   (C, H, W) as PDS saves them. Returns (space path, freq path, images read, space (H, W, C),
-  freq (H, W, C))."""
+  freq (H, W, C)). Errors name `field`, where the data path came from."""
   batches = datasets.iterate_images(data_path, image_size, num_channels,
-                                    max_images=num_images)
+                                    max_images=num_images, field=field)
   data = np.concatenate(list(batches), axis=0).astype(np.float64) / 255.0
   if data.shape[0] < 2:
     raise datasets.DatasetError(f"Data set {data_path!r} holds {data.shape[0]} image(s); PDS's "

@@ -1,4 +1,4 @@
-"""The forward SDEs of score-based models and their reverse-time versions (SEMANTICS.md §2).
+"""The forward SDEs of score-based models and their reverse-time versions (docs/numerics.md §2).
 
 Shapes: `x` is a batch (B, H, W, C) (any trailing shape works), `t` is (B,) in [0, T] with T = 1.
 Every SDE can be built with any number of discretisation steps N: the accelerated samplers rebuild
@@ -21,7 +21,7 @@ def per_sample(values, x):
 class SDE(abc.ABC):
   """dx = f(x, t) dt + g(t) dw on t in [0, T], discretised with N steps."""
 
-  # End time of sampling (the sampler stops at t = eps, not 0); SEMANTICS §5.
+  # End time of sampling (the sampler stops at t = eps, not 0); docs/numerics.md §5.
   sampling_eps: float = 1e-3
 
   def __init__(self, N: int):
@@ -34,7 +34,7 @@ class SDE(abc.ABC):
     return 1.0
 
   def step_index(self, t):
-    """Index of the discrete step at time t (B,): int(t (N - 1) / T), int32 (SEMANTICS §2)."""
+    """Index of the discrete step at time t (B,): int(t (N - 1) / T), int32 (docs/numerics.md §2)."""
     return (t * (self.N - 1) / self.T).astype(jnp.int32)
 
   @abc.abstractmethod
@@ -207,7 +207,7 @@ class subVPSDE(VPSDE):  # pylint: disable=invalid-name  (score_sde's name)
   """sub-VP SDE: VP's drift with a diffusion whose marginal variance stays below VP's.
 
   Its `std` is 1 - exp(2 m(t)), deliberately not square-rooted: released checkpoints were trained
-  against exactly this (SEMANTICS §2). It uses the default Euler–Maruyama discretisation.
+  against exactly this (docs/numerics.md §2). It uses the default Euler–Maruyama discretisation.
   """
 
   def sde(self, x, t):

@@ -3,7 +3,7 @@
     python -m benchmarks.analytic_tdas --out runs/analytic_tdas.json [--size 32] [--num_samples 256]
 
 For each budget N' and with the exact score and with the high-frequency score error of
-SEMANTICS §7, it samples the target with the vanilla PC sampler and with TDAS, and measures the
+docs/numerics.md §7, it samples the target with the vanilla PC sampler and with TDAS, and measures the
 exact W2 per dimension between the samples' DCT-diagonal Gaussian and the target, and the std ratio
 per radial band. `w2_floor` is the W2 of exact target samples of the same count (the
 sampling-noise floor).
@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+import errors
 from configs.analytic import ffhq32, ffhq64, lsun256
 from models import analytic
 from models import utils as model_utils
@@ -51,7 +52,7 @@ flags.DEFINE_enum("method", "zones", list(calibration.METHODS),
 flags.DEFINE_string("calibration_dir", "", "Take TDAS's filters from filters_<N'>.npz in this "
                     "folder (--mode calibrate output) instead of calibrating inline.")
 flags.DEFINE_list("score_errors", ["off", "on"], "Which analytic models to run: 'off' (exact "
-                  "score) and/or 'on' (the high-frequency score error of SEMANTICS §7).")
+                  "score) and/or 'on' (the high-frequency score error of docs/numerics.md §7).")
 flags.DEFINE_integer("seed", 0, "Seed of the measured runs (calibration uses seed + 1000).")
 FLAGS = flags.FLAGS
 
@@ -211,4 +212,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.report_user_errors(main))

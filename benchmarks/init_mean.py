@@ -16,6 +16,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
+import errors
 from atomic_io import atomic_write_text
 from configs.analytic import get_analytic_config
 from models import analytic
@@ -77,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.report_user_errors(main))

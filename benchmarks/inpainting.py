@@ -15,6 +15,7 @@ import tempfile
 from absl import app, flags
 import numpy as np
 
+import errors
 import controllable
 from atomic_io import atomic_savez, atomic_write_text
 from configs.demo import digits_ncsnpp
@@ -78,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.report_user_errors(main))

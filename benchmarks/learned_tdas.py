@@ -33,6 +33,7 @@ from absl import app, flags, logging
 import jax
 import numpy as np
 
+import errors
 import checkpoints
 import run_lib
 from atomic_io import atomic_savez, atomic_write_text
@@ -358,4 +359,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.report_user_errors(main))

@@ -18,6 +18,7 @@ from absl import app, flags, logging
 import jax
 import numpy as np
 
+import errors
 import checkpoints
 from atomic_io import atomic_savez, atomic_write_text
 from benchmarks import learned_tdas
@@ -267,4 +268,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.report_user_errors(main))

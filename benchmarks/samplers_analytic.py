@@ -7,7 +7,7 @@ for that sampler and budget.
 
 The target is `configs/analytic/ffhq64.py`'s Gaussian (64 px, VE σ_max = 100; `--config lsun256`:
 256 px, σ_max = 348, LSUN-like mean), with its mean and with mean 0, with and without the score
-error of SEMANTICS §7 (a model that under-corrects high frequencies at low noise, as the TDAS
+error of docs/numerics.md §7 (a model that under-corrects high frequencies at low noise, as the TDAS
 paper measured for NCSN++).
 For each case, method and NFE budget it draws `--num_samples` samples and reports the
 per-dimension W2 to the target (`models.analytic.dct_diagonal_w2`; its floor is that of as many
@@ -24,6 +24,7 @@ from absl import app, flags, logging
 import jax
 import numpy as np
 
+import errors
 from atomic_io import atomic_write_text
 from benchmarks.sampler_budgets import LABELS, METHODS, configure, steps_for
 from models import analytic
@@ -168,4 +169,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.report_user_errors(main))

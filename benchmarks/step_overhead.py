@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+import errors
 from benchmarks.sampler_budgets import configure
 from models import utils as model_utils
 from sampling import factory
@@ -143,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.report_user_errors(main))

@@ -77,7 +77,7 @@ _SAMPLING_DEFAULTS = dict(
 
 
 # `--mode calibrate` (run_lib.calibrate): TDAS's frequency filter fitted to the sampler's
-# deviation at N' from the full-N reference (SEMANTICS §6).
+# deviation at N' from the full-N reference (docs/numerics.md §6).
 _CALIBRATE_DEFAULTS = dict(
     num_samples=200,     # images per set (the paper: 200)
     steps=0,             # target N'; 0 = from `speedup`, or the sampling's N' when that is 0 too

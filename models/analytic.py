@@ -3,7 +3,7 @@
 A learned-model-free benchmark for TDAS. The target is x0 ~ N(mu, Sigma) over images (H, W, C)
 with a covariance that is diagonal in the orthonormal 2-D DCT basis D of `tdas.transforms`:
 Sigma = D⁻¹ diag(v) D, v (H, W, C) the variance of each DCT coefficient (channels independent).
-Diffused by the config's SDE (SEMANTICS §2), x_t | x0 ~ N(a(t) x0, s(t)² I), so
+Diffused by the config's SDE (docs/numerics.md §2), x_t | x0 ~ N(a(t) x0, s(t)² I), so
 
     p_t = N(a mu, a² Sigma + s² I),   score(x, t) = -D⁻¹( D(x - a mu) / (a² v + s²) )
 
@@ -11,7 +11,7 @@ with a = 1, s = sigma(t) for VE and a = exp(m(t)), s = the std of `sde.marginal_
 subVP (for subVP that "std", 1 - exp(2m), is the true marginal std of the subVP SDE started at a
 point, so the formula is exact for all three).
 
-The network convention is that of every score_sde model (SEMANTICS §3), continuous labels only:
+The network convention is that of every score_sde model (docs/numerics.md §3), continuous labels only:
 VE labels are sigma(t) and the output is the score; VP/subVP labels are 999 t and the output is
 -s(t)·score (`models.utils.get_score_fn` divides by -s(t)). So
 `get_score_fn(sde, model, variables, continuous=True)` is the exact score.
@@ -22,7 +22,7 @@ the `.npz` named by `config.model.target_file` (keys `mean`, `dct_variance`, e.g
 `analytic_<dataset>_<size>.npz` that `--mode stats` fits to a data set), or else the power-law
 target (`power_law_target`); `variables_from_target(*fit_target(images))` builds it from data.
 
-Optional score error (SEMANTICS §7, `config.model.score_error`): below the noise level
+Optional score error (docs/numerics.md §7, `config.model.score_error`): below the noise level
 `score_error_sigma_c` the score's DCT coefficients are multiplied by gamma = 1 - e·rho^p, rho the
 normalised DCT radius — a model that under-corrects high frequencies at low noise (e > 0) or
 over-corrects them (e < 0).
@@ -96,7 +96,7 @@ def frequency_radius(height: int, width: int) -> np.ndarray:
 
 
 def normalized_radius(height: int, width: int) -> np.ndarray:
-  """rho(i, j) in [0, 1] of the DCT (SEMANTICS §6), float64 (H, W): TDAS's own definition."""
+  """rho(i, j) in [0, 1] of the DCT (docs/numerics.md §6), float64 (H, W): TDAS's own definition."""
   return tdas_filters.normalized_radius(height, width, "dct")
 
 
@@ -351,7 +351,7 @@ def band_std_ratio(samples, variables, num_bands: int, batch_size: int = 256) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# Score error (SEMANTICS §7).
+# Score error (docs/numerics.md §7).
 
 
 def check_score_error_fields(config) -> Tuple[bool, float, float, float]:

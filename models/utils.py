@@ -47,7 +47,7 @@ def create_model(config) -> nn.Module:
 def get_sigmas(config):
   """Noise levels of a discrete VE model, shape (num_scales,), from sigma_max DOWN to sigma_min.
 
-  Discrete VE labels (SEMANTICS §3) index this array, and NCSN++/NCSNv2 with `scale_by_sigma`
+  Discrete VE labels (docs/numerics.md §3) index this array, and NCSN++/NCSNv2 with `scale_by_sigma`
   divide by `sigmas[labels]`. Computed in float64 numpy, like the released code, so every entry
   agrees with it to the last float32 bit.
   """
@@ -67,7 +67,7 @@ def uses_continuous_labels(config) -> bool:
 
 
 def get_score_fn(sde, model, variables, continuous, num_scales=None, train=False):
-  """Wraps a network into a score function (x, t) -> grad_x log p_t(x) (SEMANTICS §3).
+  """Wraps a network into a score function (x, t) -> grad_x log p_t(x) (docs/numerics.md §3).
 
   Args:
     sde: a `sde_lib` SDE (its type picks the label convention).

@@ -1,4 +1,4 @@
-"""Correctors: Langevin steps at a fixed time t (SEMANTICS §5).
+"""Correctors: Langevin steps at a fixed time t (docs/numerics.md §5).
 
 Noise comes only from the `sampling.noise.NoiseSource` passed in (one draw per corrector step,
 standard or TDAS-coloured); the step size uses the norm of the noise actually added. Norms are

@@ -9,7 +9,7 @@ the sampler works on x̃, σ(t) = std(t) / s(t), and the network enters only thr
 |---|---|---|
 | VE | 1 | σ_min (σ_max / σ_min)^t |
 | VP | e^{m(t)} | sqrt(e^{−2m(t)} − 1) |
-| subVP | e^{m(t)} | e^{−m(t)} − e^{m(t)} (its std 1 − e^{2m} is not square-rooted, SEMANTICS §2) |
+| subVP | e^{m(t)} | e^{−m(t)} − e^{m(t)} (its std 1 − e^{2m} is not square-rooted, docs/numerics.md §2) |
 
 with m(t) = −¼ t² (β₁ − β₀) − ½ t β₀. A discrete-time network only knows its trained σ grid
 (VE: the geometric σ_i; VP: sqrt(1/ᾱ_i − 1)): its σ's are rounded to that grid, as EDM's

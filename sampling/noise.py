@@ -1,4 +1,4 @@
-"""The one noise source of every sampler (SEMANTICS §6).
+"""The one noise source of every sampler (docs/numerics.md §6).
 
 Every Gaussian draw a sampler makes — the initial sample, each predictor and corrector noise, a
 churn or an SDE-solver stage — comes from `NoiseSource.draw`: draw number c is

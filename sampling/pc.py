@@ -1,4 +1,4 @@
-"""The predictor–corrector sampler, vanilla or TDAS, as one jitted program (SEMANTICS §5, §6).
+"""The predictor–corrector sampler, vanilla or TDAS, as one jitted program (docs/numerics.md §5, §6).
 
 Time grid: N' points linspace(T, eps, N'); at each point the corrector's step(s), then the
 predictor's. The state's noise source gives the initial sample draw 0 and step i the draws

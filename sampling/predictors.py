@@ -1,4 +1,4 @@
-"""Predictors: one reverse-time step from t to t - 1/N' (SEMANTICS §5).
+"""Predictors: one reverse-time step from t to t - 1/N' (docs/numerics.md §5).
 
 Each predictor draws its noise only from the `sampling.noise.NoiseSource` it is given (standard
 normal for the vanilla sampler, TDAS-coloured otherwise) and returns the source it advanced.

@@ -1,4 +1,4 @@
-"""Fits TDAS's frequency filter to frequency statistics (SEMANTICS §6; the paper's Appendix A.2).
+"""Fits TDAS's frequency filter to frequency statistics (docs/numerics.md §6; the paper's Appendix A.2).
 
 Given the mean-amplitude maps S_full (the vanilla sampler at the full N) and S_accelerated (at N'),
 both (H, W) from `tdas.stats`, the deviation ratio is Dev = S_accelerated / S_full and the filter
@@ -30,7 +30,7 @@ from tdas.transforms import check_transform
 from errors import UserError
 
 METHODS = ("zones", "quantile", "radial")  # fits of Dev = S(N') / S(N)
-# Filters made from the data set, without sampling: PDS's masks (docs/PDS.md §3).
+# Filters made from the data set, without sampling: PDS's masks (docs/pds.md §3).
 DATA_METHODS = ("pds",)
 # The paper's radius quantiles (see the module docstring).
 PAPER_QUANTILES = (0.25, 0.33)

@@ -1,4 +1,4 @@
-"""TDAS filters (SEMANTICS §6): the frequency filter R and the space filter A, as arrays.
+"""TDAS filters (docs/numerics.md §6): the frequency filter R and the space filter A, as arrays.
 
 Filters are built on the host (numpy) once per run and passed into the jitted sampler as arrays,
 never baked into its trace. Shapes are (H, W, C), broadcast over the batch.
@@ -95,7 +95,7 @@ def space_filter(mean_image, f: str = "sqrt", alpha: float = 1.0) -> np.ndarray:
 
 
 def pds_statistics(images) -> tuple:
-  """PDS's raw mask statistics of images (N, H, W, C) in [0, 1] (docs/PDS.md §3a).
+  """PDS's raw mask statistics of images (N, H, W, C) in [0, 1] (docs/pds.md §3a).
 
   Returns (space, freq), each (H, W, C) float64: space = mean(x²) (the second moment, per pixel and
   channel); freq = log(1 + mean |DFT2(x)|²) with the unnormalised DFT and no shift.
@@ -106,7 +106,7 @@ def pds_statistics(images) -> tuple:
 
 
 def pds_filter(statistic, alpha: float = 5.0) -> np.ndarray:
-  """A PDS mask from its raw statistic (H, W, C) (docs/PDS.md §3b), float32.
+  """A PDS mask from its raw statistic (H, W, C) (docs/pds.md §3b), float32.
 
   m / max m over every channel and position, softened to (m + alpha − 1) / alpha, then inverted:
   values in [1, alpha / (alpha − 1)], 1 where the statistic is largest.

@@ -1,4 +1,4 @@
-"""Coloured noise: xi = T⁻¹(R ⊙ T(A ⊙ eps)), eps ~ N(0, I) (SEMANTICS §6).
+"""Coloured noise: xi = T⁻¹(R ⊙ T(A ⊙ eps)), eps ~ N(0, I) (docs/numerics.md §6).
 
 With A = R = 1 the draw is eps exactly, so TDAS with identity filters reproduces the vanilla
 sampler sample for sample.
@@ -63,7 +63,7 @@ class Coloring:
   def precondition_drift(self, v):
     """D v = T⁻¹(R ⊙ T(A² ⊙ T⁻¹(R ⊙ T(v)))) (B, H, W, C), = M Mᵀ v for the colouring M.
 
-    PDS's drift operator (docs/PDS.md §0): for the DFT the inner T⁻¹(R ⊙ T(v)) stays complex and
+    PDS's drift operator (docs/pds.md §0): for the DFT the inner T⁻¹(R ⊙ T(v)) stays complex and
     only the result is made real, as PDS's code does. Identity unless `precondition` is set.
     """
     if not self.precondition:

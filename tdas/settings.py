@@ -154,6 +154,17 @@ def for_calibration(config) -> TDAS:
   return resolve(target)
 
 
+# The config fields the user set on the command line (`--config.<field>=...`), or None when the
+# config comes from Python (then every TDAS-only field set with TDAS off is warned about).
+_command_line_fields: Optional[frozenset] = None
+
+
+def set_command_line_fields(fields) -> None:
+  """Records which config fields the command line set (main.py), for `resolve`'s warnings."""
+  global _command_line_fields
+  _command_line_fields = None if fields is None else frozenset(fields)
+
+
 def resolve(config) -> TDAS:
   """The run's TDAS settings from `config.sampling.tdas` (reads its filter and space files).
 
@@ -168,6 +179,11 @@ def resolve(config) -> TDAS:
     unused = [name for name in ("filter_file", "pds_space_mask", "pds_freq_mask")
               if tdas.get(name, "")] + (["precondition_drift"]
                                         if tdas.get("precondition_drift", False) else [])
+    if _command_line_fields is not None:
+      # A config's own filter file with TDAS off is a vanilla run, not a mistake: only what the
+      # user set on the command line is worth a warning.
+      unused = [name for name in unused
+                if f"sampling.tdas.{name}" in _command_line_fields]
     if unused:
       logging.warning("config.sampling.tdas.%s is set but TDAS is off, so the sampler is vanilla: "
                       "pass --tdas (config.sampling.tdas.enabled=True) to use it.",

@@ -1,4 +1,4 @@
-"""Frequency statistics of image sets (SEMANTICS §6; the TDAS paper's Appendix A.2-A.3).
+"""Frequency statistics of image sets (docs/numerics.md §6; the TDAS paper's Appendix A.2-A.3).
 
 The statistic of a set of images x (N, H, W, C) in a transform T (the orthonormal 2-D DCT-II or
 DFT over (H, W), per channel) is the mean amplitude per coordinate,

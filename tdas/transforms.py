@@ -1,7 +1,7 @@
 """Orthonormal 2-D transforms over the image axes (H, W) of NHWC arrays (or HWC images).
 
 `dct2`/`idct2` are the type-II DCT and its inverse with `norm="ortho"`, per channel; the DFT
-variant of TDAS filters through `fft2`/`ifft2` and keeps the real part (SEMANTICS §6).
+variant of TDAS filters through `fft2`/`ifft2` and keeps the real part (docs/numerics.md §6).
 """
 import jax.numpy as jnp
 from jax.scipy import fft as jfft

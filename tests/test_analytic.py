@@ -2,7 +2,7 @@
 
 The score through `get_score_fn` is checked against a dense-covariance computation for VE, VP and
 subVP; the target's fitting, sampling and W2/band metrics against their statistics; the score
-error of SEMANTICS §7 against its gamma profile. Images are 4-8 px and every score test uses
+error of docs/numerics.md §7 against its gamma profile. Images are 4-8 px and every score test uses
 the same shapes, so the eager primitives compile once.
 """
 import importlib
@@ -196,7 +196,7 @@ def test_band_std_ratio_is_one_for_exact_samples_and_sees_amplified_bands(drawn)
 
 
 # ---------------------------------------------------------------------------------------------
-# Score error (SEMANTICS §7).
+# Score error (docs/numerics.md §7).
 
 
 @pytest.mark.parametrize('sde_name, e', [('vesde', 0.2), ('vpsde', 0.2), ('vesde', -0.3)])

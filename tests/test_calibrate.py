@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _calibration_config(steps=10):
-  """16 px analytic target, 100 noise scales, with the high-frequency score error (SEMANTICS §7)."""
+  """16 px analytic target, 100 noise scales, with the high-frequency score error (docs/numerics.md §7)."""
   config = get_analytic_config(image_size=16, sigma_max=25)
   config.model.num_scales = 100
   config.model.score_error = True

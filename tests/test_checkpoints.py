@@ -1,4 +1,4 @@
-"""Released score_sde checkpoints (SEMANTICS §4): loading, legacy GroupNorm, tree checks, errors."""
+"""Released score_sde checkpoints (docs/numerics.md §4): loading, legacy GroupNorm, tree checks, errors."""
 import os
 import shutil
 

@@ -2,7 +2,7 @@
 
 - The exact score of a point mass (the data x0 known to the network) has zero loss under every
   objective; a network that outputs zero has the loss the formulas predict.
-- Each loss equals a direct float64 computation from SEMANTICS §2-3 on a tiny learned network.
+- Each loss equals a direct float64 computation from docs/numerics.md §2-3 on a tiny learned network.
 - `get_optimizer` equals a hand-written Adam with warm-up and clipping; `ema_update` its formula.
 """
 import flax.linen as nn
@@ -129,7 +129,7 @@ def test_zero_network_losses_are_the_noise_energy():
 
 
 def _sde_direct(kind, t):
-  """(mean coefficient, std, g²) at t from SEMANTICS §2, float64."""
+  """(mean coefficient, std, g²) at t from docs/numerics.md §2, float64."""
   t = t.astype(np.float64)
   if kind == "ve":
     sigma = 0.01 * (50.0 / 0.01) ** t

@@ -1,5 +1,5 @@
 """PDS (Preconditioned Diffusion Sampling): its drift operator, its masks, its speed-up rule, and
-its PC sampler reproduced (against a float64 transcription of docs/PDS.md §2)."""
+its PC sampler reproduced (against a float64 transcription of docs/pds.md §2)."""
 from unittest import mock
 
 import jax
@@ -55,7 +55,7 @@ def test_the_drift_operator_is_m_m_transpose(transform):
 
 
 def _pds_reference(sigmas_grid, sigma_min, sigma_max, eps, snr, space, freq, rng, num_steps):
-  """docs/PDS.md §2 for VE in float64 numpy, on the draws normal(fold_in(rng, c))."""
+  """docs/pds.md §2 for VE in float64 numpy, on the draws normal(fold_in(rng, c))."""
   def dft(v):
     return np.fft.fft2(v, axes=(1, 2))
 

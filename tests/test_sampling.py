@@ -1,4 +1,4 @@
-"""Predictors, correctors, the PC and ODE samplers, TDAS noise injection, devices (SEMANTICS §5)."""
+"""Predictors, correctors, the PC and ODE samplers, TDAS noise injection, devices (docs/numerics.md §5)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""Score-function label conventions (SEMANTICS §3) for every SDE / continuity combination."""
+"""Score-function label conventions (docs/numerics.md §3) for every SDE / continuity combination."""
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""SDEs (SEMANTICS §2): closed-form marginals, discretisations, reverse time."""
+"""SDEs (docs/numerics.md §2): closed-form marginals, discretisations, reverse time."""
 import jax
 import jax.numpy as jnp
 import ml_collections

@@ -1,4 +1,4 @@
-"""TDAS transforms, filters and coloured noise (SEMANTICS §6)."""
+"""TDAS transforms, filters and coloured noise (docs/numerics.md §6)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -17,13 +17,13 @@ weights, `model_state`, `step` and the config's `ema_rate` are written: a small 
 sampling (this is how `assets/digits_ncsnpp/` was made).
 """
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections.config_flags import config_flags
 
+import errors
 import checkpoints
 from errors import UserError
 
@@ -95,13 +95,8 @@ def convert(config, input_path: str, output_dir: str, overwrite: bool = False) -
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    path = convert(FLAGS.config, FLAGS.input, FLAGS.output, overwrite=FLAGS.overwrite)
-  except (FileNotFoundError, ValueError) as error:  # CheckpointError is a ValueError.
-    logging.error("%s", error)
-    sys.exit(f"Error: {error}")
-  print(path)
+  print(convert(FLAGS.config, FLAGS.input, FLAGS.output, overwrite=FLAGS.overwrite))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.report_user_errors(main))

@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+import errors
 import atomic_io
 from evaluation import inception
 from errors import UserError
@@ -47,11 +48,8 @@ def convert(input_path: str, output_path: str, overwrite: bool = False) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    print(convert(FLAGS.input, FLAGS.output, FLAGS.overwrite))
-  except (OSError, ValueError) as error:
-    raise SystemExit(f"Error: {error}") from None
+  print(convert(FLAGS.input, FLAGS.output, FLAGS.overwrite))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.report_user_errors(main))

@@ -1,4 +1,4 @@
-"""PDS's two masks from a data set, as its `mask_gen_demo.py` computes them (docs/PDS.md §3a).
+"""PDS's two masks from a data set, as its `mask_gen_demo.py` computes them (docs/pds.md §3a).
 
     python -m tools.pds_masks --data /data/cifar10_train.npz --image_size 32 --num_channels 3 \\
         --out_dir runs/pds
@@ -11,6 +11,7 @@ in [0, 1], and writes `pds_space.npy` = mean(x²) and `pds_freq.npy` = log(1 + m
 """
 from absl import app, flags
 
+import errors
 import run_lib
 
 flags.DEFINE_string("data", None, "An image folder (PNG/JPEG) or an .npz with `images` uint8.")
@@ -24,7 +25,7 @@ FLAGS = flags.FLAGS
 def write_masks(data, image_size, num_channels, num_images, out_dir):
   """Writes the two raw statistics; returns their paths (space, freq)."""
   space_path, freq_path, count, _, _ = run_lib.write_pds_masks(data, image_size, num_channels,
-                                                               num_images, out_dir)
+                                                               num_images, out_dir, field="--data")
   print(f"{count} images -> {space_path}, {freq_path}")
   return space_path, freq_path
 
@@ -36,4 +37,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["data", "image_size", "out_dir"])  # only when run as the tool
-  app.run(main)
+  app.run(errors.report_user_errors(main))

@@ -10,6 +10,7 @@ import json
 from absl import app
 from absl import flags
 
+import errors
 from evaluation import digits_classifier
 
 FLAGS = flags.FLAGS
@@ -27,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.report_user_errors(main))

@@ -2,7 +2,7 @@
 
 The "network" is the exact score of a Gaussian target diffused by the SDE (models/analytic.py), so
 these configs measure what a sampler and TDAS do without any learned-model error (or with the
-controlled error of SEMANTICS §7, `model.score_error`). They build on the LSUN/FFHQ-256 defaults,
+controlled error of docs/numerics.md §7, `model.score_error`). They build on the LSUN/FFHQ-256 defaults,
 so they carry every project field, and keep the FFHQ/LSUN VE sampler: continuous VE SDE,
 sigma_min 0.01, 2000 noise scales, reverse-diffusion predictor + Langevin corrector.
 `--config.training.sde=vpsde` (or `subvpsde`) switches to the VP family: beta_min/beta_max are
@@ -19,7 +19,7 @@ Target (FFHQ-like, data.centered = False, images in [0, 1]):
 The Gaussian is not confined to [0, 1]; that is intended (exact benchmark, no clipping).
 
 Score error (off by default): gamma = 1 - e·rho^p below sigma_c, e 0.2, p 1, sigma_c 0.27 (the
-target's per-pixel std), as in SEMANTICS §7.
+target's per-pixel std), as in docs/numerics.md §7.
 """
 from configs.default_lsun_configs import get_default_configs
 
@@ -71,7 +71,7 @@ def get_analytic_config(image_size, sigma_max, dataset='FFHQ', target_mean=(0.52
   model.target_std = 0.27
   model.target_mean = target_mean
   model.target_mean_radial = target_mean_radial
-  # Score error of SEMANTICS §7 (off: the exact score).
+  # Score error of docs/numerics.md §7 (off: the exact score).
   model.score_error = False
   model.score_error_e = 0.2
   model.score_error_p = 1.0
