@@ -81,10 +81,12 @@ def read_image_folder(path: str, image_size: int, num_channels: int,
 
 
 def read_npz_images(path: str, image_size: Optional[int] = None,
-                    num_channels: Optional[int] = None) -> np.ndarray:
-  """`images` of an `.npz` file: uint8 (N, H, W, C), checked against the config's shape if given."""
+                    num_channels: Optional[int] = None,
+                    field: str = "config.data.path") -> np.ndarray:
+  """`images` of an `.npz` file: uint8 (N, H, W, C), checked against the config's shape if given;
+  errors name `field`, where the path came from."""
   if not os.path.isfile(path):
-    raise DatasetError(f"Data file {path!r} does not exist (config.data.path).")
+    raise DatasetError(f"Data file {path!r} does not exist ({field}).")
   try:
     with np.load(path, allow_pickle=False) as data:
       if "images" not in data.files:
@@ -118,7 +120,7 @@ def iterate_images(path: str, image_size: int, num_channels: int, batch_size: in
     yield from iterate_image_folder(path, image_size, num_channels, batch_size, max_images)
     return
   if path.endswith(".npz"):
-    images = read_npz_images(path, image_size, num_channels)
+    images = read_npz_images(path, image_size, num_channels, field)
     if max_images > 0:
       images = images[:max_images]
     for start in range(0, images.shape[0], batch_size):

@@ -85,6 +85,7 @@ def test_readme_demo_command_samples_on_a_fresh_clone(tmp_path):
   summary = json.loads((workdir / "eval" / "sampling.json").read_text())
   assert summary["steps"] == 20 and summary["tdas"]["enabled"]
   assert summary["tdas"]["filter_file"].endswith("tdas_filters_20.npz")
+  assert summary["grid_images"] == 8
 
 
 def test_speedup_at_equal_distance_interpolates_the_crossing():

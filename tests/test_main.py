@@ -1,4 +1,5 @@
 """The command line as a user types it: usage errors and `--mode check` on a released checkpoint."""
+import errno
 import json
 import os
 import subprocess
@@ -6,6 +7,7 @@ import sys
 
 import pytest
 
+from errors import UserError
 from reference_cases import GOLDEN_DIR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,6 +79,7 @@ def test_bad_config_value_is_one_clear_line(tmp_path):
   assert result.returncode != 0
   assert "Error: config.sampling.predictor='heun' is not a known predictor" in result.stderr
   assert "Traceback" not in result.stderr
+  assert result.stderr.count("is not a known predictor") == 1  # once, not also as a log line
 
 
 def _error_line(result):
@@ -112,3 +115,72 @@ def test_empty_workdir_is_refused(tmp_path):
                           "sample"))
   assert "--workdir is empty" in line
   assert not os.path.exists(os.path.join(REPO, "eval"))
+
+
+@pytest.fixture
+def parsed_flags():
+  """main's flags parsed in this process for `--mode check` on a small config."""
+  import main  # pylint: disable=g-import-not-at-top
+  main.FLAGS(["main.py", "--config=configs/analytic/ffhq32.py", "--workdir=/tmp/unused",
+              "--mode=check"])
+  yield main
+  main.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("raised, exit_message", [
+    (UserError("config.x must be > 0"), "Error: config.x must be > 0"),
+    (OSError(errno.ENOSPC, "No space left on device", "/w/eval/samples_3.npz"),
+     "Error: the disk is full at '/w/eval/samples_3.npz'"),
+    (PermissionError(errno.EACCES, "Permission denied", "/w/eval"),
+     "Error: Permission denied at '/w/eval'"),
+])
+def test_user_and_environment_errors_end_in_one_line(parsed_flags, monkeypatch, raised,
+                                                     exit_message):
+  def failing_mode(config, workdir, **options):
+    raise raised
+  monkeypatch.setitem(parsed_flags.MODES, "check", failing_mode)
+  with pytest.raises(SystemExit) as exit_info:
+    parsed_flags.main(["main.py"])
+  assert str(exit_info.value.code).startswith(exit_message)
+
+
+@pytest.mark.parametrize("bug", [ValueError("a bug's ValueError"), KeyError("k"),
+                                 OSError(errno.EIO, "I/O error")])
+def test_a_bug_keeps_its_traceback(parsed_flags, monkeypatch, bug):
+  def failing_mode(config, workdir, **options):
+    raise bug
+  monkeypatch.setitem(parsed_flags.MODES, "check", failing_mode)
+  with pytest.raises(type(bug)):
+    parsed_flags.main(["main.py"])
+
+
+def test_tools_report_a_user_error_in_one_line_naming_their_flag(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "tools.pds_masks", "--data", str(tmp_path / "missing.npz"),
+       "--image_size", "8", "--out_dir", str(tmp_path / "out")],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  line = _error_line(result)
+  assert "missing.npz" in line and "(--data)" in line and "config.data.path" not in line
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_configs_own_filter_file_with_tdas_off_is_not_a_warning():
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  import main  # pylint: disable=g-import-not-at-top
+  from configs.demo import digits_ncsnpp  # pylint: disable=g-import-not-at-top
+  from tdas import settings  # pylint: disable=g-import-not-at-top
+  config = digits_ncsnpp.get_config()
+  assert config.sampling.tdas.filter_file and not config.sampling.tdas.enabled
+  argv = ["main.py", "--config", "configs/demo/digits_ncsnpp.py", "--mode", "sample"]
+  try:
+    for fields, warned in ((main.command_line_fields(argv), False),
+                           (main.command_line_fields(argv + [
+                               "--config.sampling.tdas.filter_file=f.npz"]), True),
+                           (None, True)):  # called from Python: every such field is said
+      settings.set_command_line_fields(fields)
+      with mock.patch.object(settings.logging, "warning") as warning:
+        assert not settings.resolve(config).enabled
+      assert warning.called == warned, fields
+  finally:
+    settings.set_command_line_fields(None)

@@ -48,6 +48,7 @@ def test_released_checkpoint_samples_with_tdas(released_run):
   assert on_disk["tdas"]["lambda2"] == 0.8 and on_disk["seconds_per_step"] > 0
   assert summary["source"].endswith("checkpoint_3")
   assert os.path.isfile(os.path.join(out, "samples_grid.png"))
+  assert on_disk["grid_images"] == 4  # the grid shows round 0 whole
 
 
 def _analytic_config():
