@@ -104,7 +104,7 @@ def _sample(config, workdir, out_dir, discard_rounds):
   devices.check_batch_size(batch_size, mesh)
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
   batch_sharding = devices.batch_sharding(mesh)
-  sampler = factory.build(config, shape, batch_sharding=batch_sharding)
+  sampler = _sampler(config, shape, mesh, batch_sharding)
   setup = sampler.setup
   # The sampler's own steps (annealed Langevin: levels × steps per level); N' otherwise.
   steps = sampler.num_steps or setup.sde.N
@@ -172,6 +172,23 @@ def _sample(config, workdir, out_dir, discard_rounds):
                     json.dumps(summary, indent=2))
   logging.info("Wrote %d rounds to %s (%.1f s this run).", rounds_run, out_dir, seconds)
   return summary
+
+
+# Samplers built by `sample` in this process, by what their compiled programs depend on: a rerun
+# in the same process (a notebook, the tests) reuses the compiled programs.
+_SAMPLERS = {}
+_MAX_CACHED_SAMPLERS = 4
+
+
+def _sampler(config, shape, mesh, batch_sharding):
+  parts = {name: config[name].to_dict() for name in ("model", "training", "data", "sampling")}
+  key = (json.dumps(parts, sort_keys=True, default=str), tuple(shape),
+         tuple(d.id for d in mesh.devices.flat))
+  if key not in _SAMPLERS:
+    if len(_SAMPLERS) >= _MAX_CACHED_SAMPLERS:
+      _SAMPLERS.pop(next(iter(_SAMPLERS)))
+    _SAMPLERS[key] = factory.build(config, shape, batch_sharding=batch_sharding)
+  return _SAMPLERS[key]
 
 
 def _warn_filter_steps(tdas, steps):
