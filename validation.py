@@ -238,7 +238,8 @@ def check_likelihood_mode(config):
 
 def check_eval_mode(config):
   """`--mode eval`: the Inception batch (299 x 299 x 3 float32 per image) against memory."""
-  batch_size = positive_int(config, "eval.inception_batch_size")
+  batch_size = positive_int({"size": config.eval.get("inception_batch_size", 64)}, "size",
+                            name="config.eval.inception_batch_size")
   check_fits_memory(float(batch_size) * 299 * 299 * 3 * 4 * 2, "config.eval.inception_batch_size",
                     batch_size, f"one Inception batch of {batch_size} 299x299 images")
   if config.eval.get("enable_bpd", False):

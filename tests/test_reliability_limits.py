@@ -139,8 +139,7 @@ def _method_config(method):
   config.sampling.num_steps = 2
   if method == "ddim":
     config.training.sde = "vpsde"
-  if method == "annealed_langevin":
-    config.training.continuous = False
+  if method == "annealed_langevin":  # (the analytic score takes the levels' σ continuously)
     config.model.num_scales = 4
     config.sampling.num_steps = 0
     config.sampling.langevin.n_steps_each = 1
