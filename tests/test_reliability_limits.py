@@ -305,7 +305,7 @@ def test_a_space_file_holding_nan_names_the_file_and_the_field(tmp_path):
     tdas_settings.resolve(config)
 
 
-@pytest.mark.parametrize("reader", ["filters", "frequency", "analytic", "cache"])
+@pytest.mark.parametrize("reader", ["filters", "frequency", "analytic", "cache", "inception"])
 def test_every_file_reader_refuses_non_finite_values_naming_the_file(tmp_path, reader):
   path = str(tmp_path / f"{reader}.npz")
   bad = np.ones((8, 8, 3), np.float32)
@@ -321,6 +321,10 @@ def test_every_file_reader_refuses_non_finite_values_naming_the_file(tmp_path, r
   elif reader == "analytic":
     np.savez(path, mean=np.ones_like(bad), dct_variance=-np.ones_like(bad))
     call, field = lambda: tdas_files.read_analytic_target(path, (8, 8, 3)), "target_file"
+  elif reader == "inception":
+    from evaluation import statistics  # pylint: disable=g-import-not-at-top
+    np.savez(path, mu=bad[0, :, 0], sigma=np.eye(8))
+    call, field = lambda: statistics.load_statistics(path), "config.eval.stats_file"
   else:
     np.savez(path, count=np.asarray(4), pixel_sum=bad, dct_amplitude_sum=bad)
     call, field = lambda: tdas_files.read_statistics_batch(path, (8, 8, 3)), "Calibration cache"
