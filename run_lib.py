@@ -72,8 +72,10 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
   Writes samples_<round>.npz (uint8 NHWC under `samples`, with the fingerprint of what made it),
   a PNG grid, sampling.json and, with TDAS on, vanilla_vs_tdas.png. A rerun keeps the rounds
   that read back with this run's fingerprint and samples the others; rounds made with other
-  settings stop it (or, with `discard_rounds`, are deleted and sampled again). Processes that
-  share the folder share its rounds (`sample_rounds.sample_missing`).
+  settings stop it (or, with `discard_rounds`, are deleted and sampled again); rounds made with
+  another per-device batch (another device count) are kept with a notice. Processes that share
+  the folder share its rounds (`sample_rounds.sample_missing`). A full disk raises
+  `sample_rounds.DiskFullError` saying how many rounds are whole (docs/reliability.md).
   """
   validation.check_sample_mode(config)
   devices.set_matmul_precision(config)
