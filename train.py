@@ -171,7 +171,8 @@ def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
     raise TrainingError(f"config.model.name={config.model.name!r} is built from the config; it "
                         "has no parameters to train.")
   training = config.training
-  batch_size, n_jitted = int(training.batch_size), int(training.n_jitted_steps)
+  # (score_sde's configs of one resolution leave n_jitted_steps out: one step per call then)
+  batch_size, n_jitted = int(training.batch_size), int(training.get("n_jitted_steps", 1))
   num_train_steps = int(training.n_iters)
   if n_jitted < 1:
     raise UserError(f"config.training.n_jitted_steps must be >= 1, got {n_jitted}.")

@@ -172,7 +172,8 @@ def check_train_mode(config):
   image_shape(config)
   positive_int(config, "model.num_scales")
   batch_size = positive_int(config, "training.batch_size")
-  n_jitted = positive_int(config, "training.n_jitted_steps")
+  n_jitted = positive_int({"n": config.training.get("n_jitted_steps", 1)}, "n",
+                          name="config.training.n_jitted_steps")
   positive_int(config, "training.n_iters", allow_zero=True)
   positive_int(config, "training.snapshot_freq")
   for name in ("log_freq", "eval_freq", "snapshot_freq_for_preemption"):
