@@ -42,6 +42,14 @@ def atomic_savez(path: str, compressed: bool = True, **arrays) -> str:
   return path
 
 
+def atomic_savefig(figure, path: str, **options) -> str:
+  """Saves a matplotlib figure atomically (PNG unless `format` says otherwise). Returns `path`."""
+  options.setdefault("format", os.path.splitext(path)[1].lstrip(".") or "png")
+  with atomic_write(path) as f:
+    figure.savefig(f, **options)
+  return path
+
+
 def atomic_write_text(path: str, text: str) -> str:
   """Writes text atomically. Returns `path`."""
   with atomic_write(path, "w") as f:

@@ -10,6 +10,7 @@ import math
 import os
 
 import jax
+from absl import logging
 from tqdm import tqdm
 
 import images
@@ -91,11 +92,15 @@ def set_statistics(config, model, variables, steps, num_samples, batch_size, see
   for k in tqdm(range(num_batches), desc=f"{label} ({steps} steps)", unit="batch"):
     path = os.path.join(directory, f"batch_{k}.npz")
     if os.path.exists(path):
-      cached, cached_preview = tdas_files.read_statistics_batch(path)
-      total.merge(cached)
-      if k == 0:
-        preview = cached_preview
-      continue
+      try:
+        cached, cached_preview = tdas_files.read_statistics_batch(path, shape[1:])
+      except UserError as damaged:  # a damaged cache entry is the program's own: redo it
+        logging.warning("%s; sampling batch %d again.", damaged, k)
+      else:
+        total.merge(cached)
+        if k == 0:
+          preview = cached_preview
+        continue
     if sampler is None:
       sampler = factory.build(config, shape, model, devices.batch_sharding(mesh))
       variables = jax.device_put(variables, devices.replicated(mesh))

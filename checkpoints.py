@@ -93,6 +93,10 @@ def find_checkpoint(path: str, step: Optional[int] = None) -> str:
       found.setdefault(n, file)
     if found:
       if not step:
+        skipped = unfinished_checkpoints(candidate)
+        if skipped:
+          logging.warning("Skipping %s in %s: unfinished (a save cut short); using %s.",
+                          ", ".join(skipped), candidate, os.path.basename(found[max(found)]))
         return found[max(found)]
       if step not in found:
         raise MissingFileError(f"There is no checkpoint_{step} in {candidate!r}; it holds "
@@ -615,19 +619,89 @@ def save_training(manager, n: int, variables, train, meta: dict) -> None:
       meta=ocp.args.JsonSave(meta)))
 
 
+def unfinished_checkpoints(directory: str) -> list:
+  """Names of the `checkpoint_<n>...` entries of `directory` that are not finished orbax
+  checkpoints (a save cut short by a kill or a full disk), sorted."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(name for name in os.listdir(directory)
+                if name.startswith("checkpoint_") and os.path.isdir(os.path.join(directory, name))
+                and not is_orbax_checkpoint(os.path.join(directory, name)))
+
+
+def _shape_differences(restored, target) -> list:
+  """'path: saved shape -> expected shape' for every leaf whose shape differs, and the leaves
+  only one of the two trees has."""
+  saved = {"/".join(map(str, k)): np.shape(v)
+           for k, v in traverse_util.flatten_dict(_plain(restored)).items()}
+  wanted = {"/".join(map(str, k)): np.shape(v)
+            for k, v in traverse_util.flatten_dict(_plain(target)).items()}
+  lines = [f"{k}: {saved[k]} -> {wanted[k]}" for k in sorted(saved.keys() & wanted.keys())
+           if tuple(saved[k]) != tuple(wanted[k])]
+  lines += [f"{k}: only in the checkpoint" for k in sorted(saved.keys() - wanted.keys())]
+  lines += [f"{k}: missing from the checkpoint" for k in sorted(wanted.keys() - saved.keys())]
+  return lines
+
+
+def _plain(tree):
+  """A pytree as nested dicts keyed by its path entries (for comparing two trees' leaves)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  flat = {tuple(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path):
+          leaf for path, leaf in leaves}
+  return traverse_util.unflatten_dict(flat) if flat else {}
+
+
+# Words in the errors tensorstore and orbax raise (as ValueError) for files that do not read.
+_DAMAGED_FILE_WORDS = ("tensorstore", "DATA_LOSS", "Error reading", "Error opening", "corrupt",
+                       "checksum", "Unterminated", "Expecting value", "OUT_OF_RANGE")
+
+
+def _damaged_files_error(error: Exception) -> bool:
+  import json  # pylint: disable=g-import-not-at-top
+  return isinstance(error, json.JSONDecodeError) or any(
+      word in str(error) for word in _DAMAGED_FILE_WORDS)
+
+
+def _damaged(path: str, manager, error: Exception) -> "CheckpointError":
+  return CheckpointError(
+      f"Training checkpoint {path!r} cannot be read ({type(error).__name__}: "
+      f"{' '.join(str(error).split())[:200]}): its files are damaged; move that folder out of "
+      f"{str(manager.directory)!r} to resume from the one before it, or train in another "
+      "--workdir.")
+
+
 def restore_training(manager, n: int, variables, train):
   """(variables, train, meta) of checkpoint_<n>, as numpy trees shaped like the targets
-  `variables` and `train` (e.g. a fresh state of the same config)."""
+  `variables` and `train` (e.g. a fresh state of the same config).
+
+  A checkpoint of another network (other shapes or layers) or with damaged files raises
+  CheckpointError naming its folder and the fix."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.join(str(manager.directory), f"checkpoint_{n}")
+  workdir = os.path.dirname(os.path.abspath(str(manager.directory)))
   try:
     restored = manager.restore(int(n), args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(host_copy(variables)),
         train=ocp.args.StandardRestore(host_copy(train)),
         meta=ocp.args.JsonRestore()))
   except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f"Training checkpoint {path!r} does not fit this config's training "
-                          f"state (another model, optimiser or image size?): {e}") from e
+    if _damaged_files_error(e):
+      raise _damaged(path, manager, e) from e
+    raise CheckpointError(
+        f"Training checkpoint {path!r} does not fit this config's training state (another "
+        f"model, optimiser or image size: {' '.join(str(e).split())[:300]}): train this config "
+        f"in another --workdir (not {workdir!r}), or restore the config it was trained "
+        "with.") from e
+  except Exception as e:  # pylint: disable=broad-except  (orbax / tensorstore / asyncio errors)
+    raise _damaged(path, manager, e) from e
+  lines = (_shape_differences(restored.variables, variables)
+           + _shape_differences(restored.train, train))
+  if lines:
+    shown = "; ".join(lines[:4]) + (f"; +{len(lines) - 4} more" if len(lines) > 4 else "")
+    raise CheckpointError(
+        f"Training checkpoint {path!r} holds another network than this config's ({shown}): "
+        f"train this config in another --workdir (not {workdir!r}), or restore the config it "
+        "was trained with.")
   return restored.variables, restored.train, restored.meta
 
 

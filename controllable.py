@@ -22,6 +22,7 @@ import checkpoints
 import datasets
 import images as image_io
 import sample_rounds
+import validation
 from atomic_io import atomic_savez, atomic_write_text
 from sampling import conditional, devices, factory
 from tdas import settings as tdas_settings
@@ -96,6 +97,7 @@ def read_images(config, count: int) -> np.ndarray:
 
 def run(config, workdir: str, task: str):
   """`--mode inpaint` (task 'inpaint') or `--mode colorize` ('colorize'); returns the summary."""
+  validation.check_controllable_mode(config)
   settings = config.inpaint
   count = int(settings.num_images)
   if count < 1:

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from atomic_io import atomic_savez
+from atomic_io import atomic_savefig, atomic_savez, atomic_write
 
 
 def to_uint8(x, centered: bool) -> np.ndarray:
@@ -60,7 +60,8 @@ def save_png(path, image: np.ndarray):
   """Writes an (H, W, C) uint8 image (C = 1 as grey) to `path`."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   image = image[..., 0] if image.shape[-1] == 1 else image
-  Image.fromarray(image).save(path)
+  with atomic_write(path) as f:  # a full disk leaves no truncated picture behind
+    Image.fromarray(image).save(f, format="PNG")
 
 
 def save_comparison(path, vanilla: np.ndarray, tdas: np.ndarray, steps: int, nfe: int,
@@ -77,5 +78,5 @@ def save_comparison(path, vanilla: np.ndarray, tdas: np.ndarray, steps: int, nfe
     axis.set_title(f"{title}: {steps} steps, {nfe} NFE")
     axis.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=150)
+  atomic_savefig(fig, path, dpi=150)
   plt.close(fig)

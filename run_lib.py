@@ -72,15 +72,31 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
   Writes samples_<round>.npz (uint8 NHWC under `samples`, with the fingerprint of what made it),
   a PNG grid, sampling.json and, with TDAS on, vanilla_vs_tdas.png. A rerun keeps the rounds
   that read back with this run's fingerprint and samples the others; rounds made with other
-  settings stop it (or, with `discard_rounds`, are deleted and sampled again). Processes that
-  share the folder share its rounds (`sample_rounds.sample_missing`).
+  settings stop it (or, with `discard_rounds`, are deleted and sampled again); rounds made with
+  another per-device batch (another device count) are kept with a notice. Processes that share
+  the folder share its rounds (`sample_rounds.sample_missing`). A full disk raises
+  `sample_rounds.DiskFullError` saying how many rounds are whole (docs/reliability.md).
   """
-  validation.check_sampling(config)
+  validation.check_sample_mode(config)
   devices.set_matmul_precision(config)
   distributed = config.sampling.distributed
   devices.initialize_distributed(distributed.coordinator_address, distributed.num_processes,
                                  distributed.process_id)
   out_dir = os.path.join(workdir, eval_folder)
+  num_rounds = int(math.ceil(int(config.eval.num_samples) / int(config.eval.batch_size)))
+  try:
+    return _sample(config, workdir, out_dir, discard_rounds)
+  except OSError as error:
+    # A full disk while writing a round, the grid or sampling.json: every file is written
+    # atomically, so what is there is whole; say how many rounds that is.
+    if not sample_rounds.is_disk_full(error):
+      raise
+    raise sample_rounds.disk_full(out_dir, _host_suffix(), num_rounds, error,
+                                  os.path.basename(error.filename or "")) from error
+
+
+def _sample(config, workdir, out_dir, discard_rounds):
+  """`sample`'s work, once the counts are checked (a full disk is reported by `sample`)."""
   sample_rounds.check_writable(out_dir)
   variables, source = checkpoints.load_variables(config, workdir)
   tdas = tdas_settings.resolve(config)
@@ -90,14 +106,14 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
   devices.check_batch_size(batch_size, mesh)
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
   batch_sharding = devices.batch_sharding(mesh)
-  sampler = factory.build(config, shape, batch_sharding=batch_sharding)
+  sampler = _sampler(config, shape, mesh, batch_sharding)
   setup = sampler.setup
   # The sampler's own steps (annealed Langevin: levels × steps per level); N' otherwise.
   steps = sampler.num_steps or setup.sde.N
   _warn_filter_steps(tdas, setup.sde.N)
   suffix = _host_suffix()
   fields = sample_rounds.fingerprint(config, variables, tdas, shape, setup.sde.N, setup.eps,
-                                     jax.process_count())
+                                     jax.process_count(), int(mesh.devices.size))
   sample_rounds.check_folder(out_dir, suffix, fields, discard_rounds, log=logging.warning)
   replicated = devices.replicated(mesh)
   variables = jax.device_put(variables, replicated)
@@ -162,6 +178,23 @@ def sample(config, workdir, eval_folder="eval", discard_rounds=False):
   return summary
 
 
+# Samplers built by `sample` in this process, by what their compiled programs depend on: a rerun
+# in the same process (a notebook, the tests) reuses the compiled programs.
+_SAMPLERS = {}
+_MAX_CACHED_SAMPLERS = 4
+
+
+def _sampler(config, shape, mesh, batch_sharding):
+  parts = {name: config[name].to_dict() for name in ("model", "training", "data", "sampling")}
+  key = (json.dumps(parts, sort_keys=True, default=str), tuple(shape),
+         tuple(d.id for d in mesh.devices.flat))
+  if key not in _SAMPLERS:
+    if len(_SAMPLERS) >= _MAX_CACHED_SAMPLERS:
+      _SAMPLERS.pop(next(iter(_SAMPLERS)))
+    _SAMPLERS[key] = factory.build(config, shape, batch_sharding=batch_sharding)
+  return _SAMPLERS[key]
+
+
 def _warn_filter_steps(tdas, steps):
   """A filter file fitted for N' steps, used at another number of steps, gets a warning."""
   fitted = tdas.filter_steps
@@ -182,6 +215,7 @@ def evaluate(config, workdir, eval_folder="eval"):
   inception_weights or $TDAS_INCEPTION_WEIGHTS). metrics.json is written atomically; a rerun
   recomputes it from the sample files and replaces it.
   """
+  validation.check_eval_mode(config)
   if jax.process_index() != 0:  # one host evaluates the shared folder
     logging.info("Process %d: evaluation runs on process 0 only.", jax.process_index())
     return None
@@ -236,6 +270,7 @@ def likelihood_mode(config, workdir, eval_folder="eval"):
   digits), dequantised uniformly as score_sde evaluates; the probability-flow ODE with the
   `eval.bpd_*` divergence and tolerances (`likelihood.py`).
   """
+  validation.check_likelihood_mode(config)
   if jax.process_index() != 0:
     return None
   out_dir = os.path.join(workdir, eval_folder)
@@ -268,6 +303,8 @@ def calibrate(config, workdir, eval_folder=None):  # pylint: disable=unused-argu
   `calibrate.method = 'pds'` makes PDS's masks from the data set instead (`calibrate_pds`).
   """
   settings = project_fields.section_with_defaults(config, "calibrate")
+  tdas_calibration.check_method(settings.method)
+  validation.check_calibrate_mode(config, MIN_CALIBRATION_SAMPLES)
   if tdas_calibration.check_method(settings.method) in tdas_calibration.DATA_METHODS:
     return calibrate_pds(config, workdir, settings)
   validation.check_sde(config)
@@ -448,6 +485,7 @@ def stats(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
   analytic_<dataset>_<size>.npz (`mean`, `dct_variance`, for config.model.target_file), a PNG for
   each of the first two and stats_<dataset>_<size>.json.
   """
+  validation.check_stats_mode(config)
   path = project_fields.section_with_defaults(config, "data").path
   size, channels = int(config.data.image_size), int(config.data.num_channels)
   # About 4M values per batch: ~32 MB in float64 whatever the image size.

@@ -7,7 +7,10 @@ network's variables (a SHA-256 of their bytes), the model, SDE, sampler and TDAS
 filters' bytes, the seed, the batch shape and the round. A rerun keeps a round only when it reads
 back whole with the fingerprint of this run; a round that is damaged, lacks a fingerprint (written
 before fingerprints existed) or holds too few rows is sampled again; a round with another
-fingerprint stops the run (`FingerprintMismatch`) unless the caller discards such rounds.
+fingerprint stops the run (`FingerprintMismatch`) unless the caller discards such rounds. The
+fingerprint also records the per-device batch (`ROUNDING_FIELDS`): it fixes the last float bits,
+not the draw, so a round that differs from this run only there is kept, with a one-line notice.
+A full disk ends the run with `DiskFullError`, saying how many rounds are whole.
 
 Several processes can sample into one folder at once: each round is claimed through an exclusive
 `flock` on `.samples_<round>.lock` before it is sampled, so every round is sampled by one
@@ -45,6 +48,35 @@ _UNFINGERPRINTED_SAMPLING = ("distributed", "vanilla_comparison", "checkpoint_di
 
 class FingerprintMismatch(UserError):
   """Round files in the folder were sampled with other settings than this run's."""
+
+
+class DiskFullError(UserError):
+  """The disk (or quota) under the output files is full: what was written so far is whole."""
+
+
+# errno values of a full disk or an exhausted quota.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException) -> bool:
+  return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
+
+
+def complete_rounds(folder: str, suffix: str, num_rounds: int) -> int:
+  """How many of rounds 0 .. num_rounds - 1 this host has as files in `folder` (every round file
+  is written atomically, so each one present is whole)."""
+  return sum(1 for r in host_round_files(folder, suffix) if r < num_rounds)
+
+
+def disk_full(folder: str, suffix: str, num_rounds: int, error: OSError,
+              what: str = "") -> DiskFullError:
+  """The one-line DiskFullError of a full disk under `folder` while sampling."""
+  done = complete_rounds(folder, suffix, num_rounds)
+  where = f" while writing {what}" if what else ""
+  return DiskFullError(
+      f"the disk at {folder!r} is full ({error.strerror or error}{where}): {done} of "
+      f"{num_rounds} rounds are written and whole, nothing partial is left; free space and rerun "
+      "the same command to sample the rest.")
 
 
 def round_path(folder: str, round_index: int, suffix: str = "") -> str:
@@ -86,8 +118,14 @@ def array_digest(arrays) -> str:
   return digest.hexdigest()
 
 
+# Fields that fix a round's last float bits but not its draw: the batch each device computes (the
+# network's forward rounds differently with the batch it is given). Rounds that differ from this
+# run only in these are kept, with a notice (docs/reliability.md, "Device counts").
+ROUNDING_FIELDS = ("per_device_batch_shape", "device_count")
+
+
 def fingerprint(config, variables, tdas, shape, steps: int, eps: float,
-                process_count: int = 1) -> Dict[str, Any]:
+                process_count: int = 1, device_count: int = 1) -> Dict[str, Any]:
   """Everything that determines a round's samples, as a flat JSON-ready dict.
 
   Args:
@@ -97,6 +135,7 @@ def fingerprint(config, variables, tdas, shape, steps: int, eps: float,
     shape: (B, H, W, C) of one global batch.
     steps, eps: the sampler's resolved number of steps and end time.
     process_count: the number of processes sharing each round (each writes its own rows).
+    device_count: the devices the global batch is split over (all processes together).
   """
   leaves = jax.tree_util.tree_leaves(variables)
   fields = {"variables_sha256": array_digest(leaves)}
@@ -114,8 +153,29 @@ def fingerprint(config, variables, tdas, shape, steps: int, eps: float,
       array = getattr(tdas, name)
       fields[f"tdas.{name}_sha256"] = None if array is None else array_digest([array])
   fields.update({"batch_shape": [int(s) for s in shape], "steps": int(steps),
-                 "eps": float(eps), "process_count": int(process_count)})
+                 "eps": float(eps), "process_count": int(process_count),
+                 "device_count": int(device_count),
+                 "per_device_batch_shape": [int(shape[0]) // int(device_count)]
+                                           + [int(s) for s in shape[1:]]})
   return fields
+
+
+def setting_differences(recorded: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+  """`differences` in the fields that change the draw (all but ROUNDING_FIELDS and the round)."""
+  skip = ROUNDING_FIELDS + ("round",)
+  return differences({k: v for k, v in recorded.items() if k not in skip},
+                     {k: v for k, v in current.items() if k not in skip})
+
+
+def rounding_note(recorded: Dict[str, Any], current: Dict[str, Any]) -> Optional[str]:
+  """'per-device batch A (n devices) -> B (m devices)' when a round was computed with another
+  per-device batch than this run (or before fingerprints recorded it), else None."""
+  before = recorded.get("per_device_batch_shape")
+  if before == current.get("per_device_batch_shape"):
+    return None
+  was = "unrecorded" if before is None else f"{before} ({recorded.get('device_count')} devices)"
+  return (f"per-device batch {was} -> {current.get('per_device_batch_shape')} "
+          f"({current.get('device_count')} devices)")
 
 
 def differences(recorded: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
@@ -186,16 +246,22 @@ def check_folder(folder: str, suffix: str, fields: Dict[str, Any], discard: bool
   differ, or, with `discard`, are deleted (their numbers are returned). Rounds without a
   fingerprint or damaged are left for the sampling loop to replace.
   """
-  mismatched, first_differences = [], None
+  mismatched, first_differences, other_batch, note = [], None, [], None
   for round_index, path in sorted(host_round_files(folder, suffix).items()):
     recorded = read_fingerprint(path)
     if recorded is None:
       continue
-    recorded = {k: v for k, v in recorded.items() if k != "round"}
-    lines = differences(recorded, fields)
+    lines = setting_differences(recorded, fields)
     if lines:
       mismatched.append(round_index)
       first_differences = first_differences or lines
+    elif rounding_note(recorded, fields):
+      other_batch.append(round_index)
+      note = note or rounding_note(recorded, fields)
+  if other_batch and log is not None:
+    log(f"Keeping {len(other_batch)} round(s) of {folder} (samples_{other_batch[0]}{suffix}.npz, "
+        f"...) sampled with another per-device batch ({note}): the same draws, equal to this "
+        "run's up to float rounding (docs/reliability.md, 'Device counts').")
   if not mismatched:
     return []
   if not discard:
@@ -279,6 +345,8 @@ def check_writable(folder: str):
       f.write("")
     os.remove(probe)
   except OSError as e:
+    if is_disk_full(e):
+      raise  # the caller says how much is written
     raise UnwritableError(f"Cannot write into {folder!r} ({e.strerror or e}): choose a "
                          "writable --workdir / --eval_folder.") from e
 
@@ -295,7 +363,9 @@ def round_problem(path: str, fields: Dict[str, Any], round_index: int, rows: int
   if problem is None and recorded is None:
     problem = "it has no fingerprint (written by an older version)"
   if problem is None:
-    lines = differences(recorded, dict(fields, round=round_index))
+    lines = setting_differences(recorded, fields)
+    if recorded.get("round") != round_index:
+      lines.append(f"round: {recorded.get('round')!r} -> {round_index!r}")
     if lines:
       raise FingerprintMismatch(
           f"{path} was written during this run with other settings ({'; '.join(lines[:4])}) "
@@ -318,6 +388,17 @@ def sample_missing(folder: str, suffix: str, fields: Dict[str, Any], num_rounds:
       (`every_process(done)` is a collective) and claim nothing.
     log: (level, message) for what happens to each round.
   """
+  try:
+    return _sample_missing(folder, suffix, fields, num_rounds, rows_of, draw, shared_job,
+                           every_process, log)
+  except OSError as error:
+    if not is_disk_full(error):
+      raise
+    raise disk_full(folder, suffix, num_rounds, error) from error
+
+
+def _sample_missing(folder, suffix, fields, num_rounds, rows_of, draw, shared_job, every_process,
+                    log) -> int:
   sampled = 0
 
   def sample(r, path):

@@ -18,6 +18,7 @@ import datasets
 import images
 import losses
 import sde_lib
+import validation
 from atomic_io import atomic_savez
 from models import utils as model_utils
 from sampling import devices, factory
@@ -160,6 +161,7 @@ def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
   TensorBoard events in <workdir>/tensorboard/ and, with training.snapshot_sampling, a PNG grid of
   EMA samples per snapshot in <workdir>/samples/iter_<step>/. Prints a JSON summary.
   """
+  validation.check_train_mode(config)
   _quiet_orbax()
   devices.set_matmul_precision(config)
   distributed = config.sampling.distributed
@@ -169,7 +171,8 @@ def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
     raise TrainingError(f"config.model.name={config.model.name!r} is built from the config; it "
                         "has no parameters to train.")
   training = config.training
-  batch_size, n_jitted = int(training.batch_size), int(training.n_jitted_steps)
+  # (score_sde's configs of one resolution leave n_jitted_steps out: one step per call then)
+  batch_size, n_jitted = int(training.batch_size), int(training.get("n_jitted_steps", 1))
   num_train_steps = int(training.n_iters)
   if n_jitted < 1:
     raise UserError(f"config.training.n_jitted_steps must be >= 1, got {n_jitted}.")
@@ -199,6 +202,11 @@ def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
       state = jax.device_put(restored, replicated)
       logging.info("Resuming from %s/checkpoint_%d (step %d).", meta_manager.directory, latest,
                    initial_step)
+    skipped = checkpoints.unfinished_checkpoints(str(meta_manager.directory))
+    if skipped:
+      logging.warning("Skipping %s in %s: unfinished (a save cut short); %s.", ", ".join(skipped),
+                      meta_manager.directory, "starting from step 0" if latest is None else
+                      f"resuming from checkpoint_{latest} instead")
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       # purge_step drops events a killed run logged after its last pre-emption checkpoint.

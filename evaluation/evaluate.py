@@ -52,8 +52,9 @@ def _common_fingerprint(files) -> Optional[Dict[str, Any]]:
     recorded = {k: v for k, v in recorded.items() if k != "round"}
     if common is None:
       common, first = recorded, path
-    elif recorded != common:
-      lines = sample_rounds.differences(common, recorded)
+    elif sample_rounds.setting_differences(common, recorded):
+      # (rounds that differ only in the per-device batch are one run resumed on other devices)
+      lines = sample_rounds.setting_differences(common, recorded)
       raise UserError(f"{path!r} was sampled with other settings than {first!r} ("
                        f"{'; '.join(lines[:6])}): the folder mixes two runs; evaluate each "
                        "run's own --eval_folder.")

@@ -225,6 +225,11 @@ def load_statistics(path: str, field: str = "config.eval.stats_file") -> Dict[st
   if out["mu"].ndim != 1 or out["sigma"].shape != dim * 2:
     raise UserError(f"Statistics file {path!r}: mu {out['mu'].shape} and sigma "
                      f"{out['sigma'].shape} do not fit together.")
+  for key in ("mu", "sigma"):
+    bad = int(np.sum(~np.isfinite(out[key])))
+    if bad:
+      raise UserError(f"Statistics file {path!r} ({field}): `{key}` holds {bad} NaN or inf "
+                      "values; make it again with --mode stats.")
   if out["features"] is not None and out["features"].shape[1:] != dim:
     raise UserError(f"Statistics file {path!r}: features {out['features'].shape} do not fit mu "
                      f"{dim}.")

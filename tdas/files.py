@@ -43,6 +43,17 @@ def _read_npz(path: str, what: str) -> Dict[str, np.ndarray]:
                      f"{error}") from error
 
 
+def _check_values(array, path, name, what, rule, valid, fix):
+  """Raises UserError naming the file, the array and how many values break `rule` (a sentence
+  such as 'finite and positive'); `valid(array)` is the elementwise test of the rule."""
+  with np.errstate(invalid="ignore"):
+    bad = ~(np.isfinite(array) & valid(array))
+  if np.any(bad):
+    nan = int(np.sum(np.isnan(array)))
+    detail = f"{int(bad.sum())} of {array.size} values are not ({nan} NaN)"
+    raise UserError(f"{what} {path!r}: `{name}` must be {rule}; {detail}: {fix}.")
+
+
 def _check_shape(array, shape, path, name, what):
   if shape is not None and tuple(array.shape) != tuple(shape):
     raise UserError(f"{what} {path!r}: `{name}` has shape {tuple(array.shape)} but the config's "
@@ -71,13 +82,14 @@ def load_filters(path: str, shape=None):
     raise FilterFileError(f"TDAS filter file {path!r} (config.sampling.tdas.filter_file) does not "
                           "exist; make one with --mode calibrate or clear the field.")
   try:
-    contents = _read_npz(path, "TDAS filter file")
+    contents = _read_npz(path, "TDAS filter file (config.sampling.tdas.filter_file)")
   except ValueError as error:
     raise FilterFileError(str(error)) from error
   missing = [k for k in ("space", "freq", "info") if k not in contents]
   if missing:
-    raise FilterFileError(f"TDAS filter file {path!r} lacks {missing} (it holds "
-                          f"{sorted(contents)}).")
+    raise FilterFileError(f"TDAS filter file {path!r} (config.sampling.tdas.filter_file) lacks "
+                          f"{missing} (it holds {sorted(contents)}): make it with --mode "
+                          "calibrate.")
   space, freq = contents["space"].astype(np.float32), contents["freq"].astype(np.float32)
   for name, array in (("space", space), ("freq", freq)):
     try:
@@ -86,14 +98,18 @@ def load_filters(path: str, shape=None):
       raise FilterFileError(str(error)) from None
     # A space filter may be 0 (space_alpha = 1 where the data's mean is 0, e.g. a digit's
     # border); the frequency filter's gains must be positive.
-    low = np.any(array < 0) if name == "space" else np.any(array <= 0)
-    if not np.all(np.isfinite(array)) or low:
-      kind = "non-negative" if name == "space" else "positive"
-      raise FilterFileError(f"TDAS filter file {path!r}: `{name}` must be finite and {kind}.")
+    kind, valid = (("non-negative", lambda a: a >= 0) if name == "space"
+                   else ("positive", lambda a: a > 0))
+    try:
+      _check_values(array, path, name, "TDAS filter file (config.sampling.tdas.filter_file)",
+                    f"finite and {kind}", valid, "make it again with --mode calibrate")
+    except UserError as error:
+      raise FilterFileError(str(error)) from None
   try:
     info = json.loads(str(contents["info"]))
   except json.JSONDecodeError as e:
-    raise FilterFileError(f"TDAS filter file {path!r}: `info` is not JSON: {e}") from e
+    raise FilterFileError(f"TDAS filter file {path!r} (config.sampling.tdas.filter_file): `info` "
+                          f"is not JSON ({e}): make it again with --mode calibrate.") from e
   return space, freq, info
 
 
@@ -112,19 +128,27 @@ def read_mean_image(path: str, shape) -> np.ndarray:
   if not os.path.isfile(path):
     raise MissingFileError(f"config.sampling.tdas.space_file={path!r} does not exist (make it "
                             "with --mode stats, or clear the field to run without a space filter).")
+  label = "Space file (config.sampling.tdas.space_file)"
   if path.endswith(".npz"):
-    contents = _read_npz(path, "Space file")
+    contents = _read_npz(path, label)
     if "mean" not in contents:
-      raise UserError(f"Space file {path!r} has no `mean` array (it holds {sorted(contents)}).")
+      raise UserError(f"{label} {path!r} has no `mean` array (it holds {sorted(contents)}): "
+                      "make it with --mode stats.")
     mean = np.asarray(contents["mean"], np.float64)
   else:
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    mean = np.asarray(Image.open(path).convert("RGB" if shape[2] == 3 else "L"),
-                      np.float64) / 255.0
+    try:
+      with Image.open(path) as picture:
+        mean = np.asarray(picture.convert("RGB" if shape[2] == 3 else "L"), np.float64) / 255.0
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for a damaged picture
+      raise UserError(f"{label} {path!r} is not a readable image: {type(error).__name__}: "
+                      f"{error}") from error
     mean = mean.reshape(mean.shape[0], mean.shape[1], -1)
   if tuple(mean.shape) != tuple(shape):
-    raise UserError(f"Space file {path!r} holds a {mean.shape} mean image; the config's images "
+    raise UserError(f"{label} {path!r} holds a {mean.shape} mean image; the config's images "
                      f"are {tuple(shape)}.")
+  _check_values(mean, path, "mean", label, "finite and in [0, 1] (data scale, not centred)",
+                lambda a: (a >= 0) & (a <= 1), "make it again with --mode stats")
   return mean
 
 
@@ -171,6 +195,8 @@ def read_frequency(path: str, field: str, image_size: Optional[Tuple[int, int]] 
     if image_size is not None and amplitude.shape != tuple(image_size):
       raise UserError(f"{label} {path!r} is for {amplitude.shape} images; the config's are "
                        f"{tuple(image_size)}.")
+    _check_values(amplitude, path, _AMPLITUDE_KEYS[name], label, "finite and non-negative",
+                  lambda a: a >= 0, "make it again with --mode stats")
   return maps
 
 
@@ -191,19 +217,20 @@ def read_analytic_target(path: str, shape) -> Tuple[np.ndarray, np.ndarray]:
   if not os.path.isfile(path):
     raise MissingFileError(f"config.model.target_file={path!r} does not exist (make one with "
                             "--mode stats, or clear the field for the power-law target).")
-  contents = _read_npz(path, "Analytic target file")
+  label = "Analytic target file (config.model.target_file)"
+  contents = _read_npz(path, label)
   missing = [k for k in ("mean", "dct_variance") if k not in contents]
   if missing:
-    raise UserError(f"Analytic target file {path!r} lacks {missing} (it holds "
-                     f"{sorted(contents)}).")
+    raise UserError(f"{label} {path!r} lacks {missing} (it holds {sorted(contents)}): make it "
+                    "with --mode stats.")
   mean = np.asarray(contents["mean"], np.float32)
   dct_variance = np.asarray(contents["dct_variance"], np.float32)
   for name, array in (("mean", mean), ("dct_variance", dct_variance)):
-    _check_shape(array, shape, path, name, "Analytic target file")
-  if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(dct_variance))
-          and np.all(dct_variance >= 0)):
-    raise UserError(f"Analytic target file {path!r}: `mean` must be finite and `dct_variance` "
-                     "finite and non-negative.")
+    _check_shape(array, shape, path, name, label)
+  fix = "make it again with --mode stats"
+  _check_values(mean, path, "mean", label, "finite", lambda a: np.ones(a.shape, bool), fix)
+  _check_values(dct_variance, path, "dct_variance", label, "finite and non-negative",
+                lambda a: a >= 0, fix)
   return mean, dct_variance
 
 
@@ -217,10 +244,25 @@ def save_statistics_batch(path: str, statistics: "tdas_stats.ImageStatistics", p
   atomic_io.atomic_savez(path, **arrays)
 
 
-def read_statistics_batch(path: str):
-  """(ImageStatistics, preview uint8 or None) of a cached batch."""
+def read_statistics_batch(path: str, shape=None):
+  """(ImageStatistics, preview uint8 or None) of a cached batch.
+
+  A file that does not read back whole, lacks the sums, holds non-finite sums or sums of images
+  of another (H, W, C) than `shape` raises UserError naming it (the caller samples the batch
+  again: the cache is the program's own, never the user's input)."""
   contents = _read_npz(path, "Calibration cache file")
-  return tdas_stats.ImageStatistics.from_state(contents), contents.get("preview")
+  try:
+    statistics = tdas_stats.ImageStatistics.from_state(contents)
+  except (KeyError, TypeError, ValueError) as error:
+    raise UserError(f"Calibration cache file {path!r} lacks its sums ({error}).") from error
+  if statistics.count < 1 or (shape is not None and statistics.shape != tuple(shape)):
+    raise UserError(f"Calibration cache file {path!r} holds {statistics.count} images of "
+                    f"{statistics.shape}, not images of {tuple(shape or ())}.")
+  for name, array in [("pixel_sum", statistics.pixel_sum)] + list(
+      statistics.amplitude_sum.items()):
+    _check_values(array, path, name, "Calibration cache file", "finite",
+                  lambda a: np.ones(a.shape, bool), "it is sampled again")
+  return statistics, contents.get("preview")
 
 
 # --- PDS masks (config.sampling.tdas.pds_space_mask / pds_freq_mask) -------------------------

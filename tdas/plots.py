@@ -7,6 +7,7 @@ are Dev on a diverging log scale centred at Dev = 1 (red: excess amplitude, blue
 """
 import numpy as np
 
+from atomic_io import atomic_savefig
 from tdas import stats as tdas_stats
 
 
@@ -119,7 +120,7 @@ def plot_calibration(path, reference_amplitude, accelerated_amplitude, result, f
   axis.legend(fontsize=7, loc="best")
   fig.suptitle(f"TDAS calibration: {steps} vs {full_steps} steps ({label})")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  atomic_savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -136,7 +137,7 @@ def plot_behaviour(path, centres, curves: dict, transform: str):
   axis.grid(True, alpha=0.3)
   axis.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  atomic_savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -157,7 +158,7 @@ def plot_frequency_statistics(path, dct_amplitude, dft_amplitude, num_images: in
   axes[2].legend()
   fig.suptitle(f"{title}: mean amplitude over {num_images} images")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  atomic_savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -177,7 +178,7 @@ def plot_space(path, mean_image, space, title: str):
     axis.set_yticks([])
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  atomic_savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -194,7 +195,7 @@ def plot_sample_sets(path, grids: dict, title: str):
     axis.axis("off")
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  atomic_savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -214,5 +215,5 @@ def plot_pds_masks(path, space_filter, freq_filter, title: str):
     fig.colorbar(image, ax=axis, fraction=0.046, pad=0.03)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  atomic_savefig(fig, path, dpi=110)
   plt.close(fig)
