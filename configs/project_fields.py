@@ -76,7 +76,7 @@ _SAMPLING_DEFAULTS = dict(
 )
 
 
-# `--mode calibrate` (run_lib.calibrate): TDAS's frequency filter fitted to the sampler's
+# `--mode calibrate` (calibrate_mode.run): TDAS's frequency filter fitted to the sampler's
 # deviation at N' from the full-N reference (docs/numerics.md §6).
 _CALIBRATE_DEFAULTS = dict(
     num_samples=200,     # images per set (the paper: 200)

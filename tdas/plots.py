@@ -1,6 +1,7 @@
 """PNG figures of frequency statistics and calibrations (matplotlib, Agg backend).
 
-Called by `run_lib.calibrate` / `run_lib.stats`; each function writes one PNG and returns nothing.
+Called by `--mode calibrate` (`calibrate_mode`) and `--mode stats` (`stats_mode`); each function
+writes one PNG and returns nothing.
 Conventions, so a figure reads at a glance: DCT maps have the zero frequency (DC) in the top-left
 corner; DFT maps are shifted so that it sits in the centre; amplitudes are log10; deviation maps
 are Dev on a diverging log scale centred at Dev = 1 (red: excess amplitude, blue: missing).

@@ -11,8 +11,8 @@ in [0, 1], and writes `pds_space.npy` = mean(x²) and `pds_freq.npy` = log(1 + m
 """
 from absl import app, flags
 
+import calibrate_mode
 import errors
-import run_lib
 
 flags.DEFINE_string("data", None, "An image folder (PNG/JPEG) or an .npz with `images` uint8.")
 flags.DEFINE_integer("image_size", None, "Image size of the data set.")
@@ -24,8 +24,8 @@ FLAGS = flags.FLAGS
 
 def write_masks(data, image_size, num_channels, num_images, out_dir):
   """Writes the two raw statistics; returns their paths (space, freq)."""
-  space_path, freq_path, count, _, _ = run_lib.write_pds_masks(data, image_size, num_channels,
-                                                               num_images, out_dir, field="--data")
+  space_path, freq_path, count, _, _ = calibrate_mode.write_pds_masks(
+      data, image_size, num_channels, num_images, out_dir, field="--data")
   print(f"{count} images -> {space_path}, {freq_path}")
   return space_path, freq_path
 
