@@ -53,5 +53,8 @@ def get_config(folder: str = ""):
   # What the name of the folder or hub id tells about the data (ffhq, celebahq, church, bedroom).
   for name, value in _dataset_fields(f"{folder} {location}").items():
     config.data[name] = value
+  # The hub weights are already the EMA weights; the rate matters only to `--mode train`
+  # (score_sde's value for its 256 px NCSN++ models).
+  config.model.ema_rate = 0.999
   config.sampling.checkpoint_dir = weight_file or model_folder
   return config
