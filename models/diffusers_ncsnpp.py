@@ -22,6 +22,8 @@ the UNet's `conv_norm_out`, `conv_out`. Inside a resnet: norm1, conv1, time_emb_
 conv2, conv_shortcut; inside an attention: group_norm, to_q, to_k, to_v, to_out.0 (NIN W = the
 Linear's weight transposed).
 """
+import functools
+import json
 import math
 import re
 from typing import Dict, List, Tuple
@@ -340,8 +342,19 @@ def match(config) -> List[TensorRule]:
   """One TensorRule per flax variable of `config`'s NCSN++: the diffusers tensor it is read from.
 
   Raises NotImplementedError when the config's network is not the NCSN++ that diffusers' Skip
-  blocks build (the names are derived from its structure and would not fit).
+  blocks build (the names are derived from its structure and would not fit). The rules depend
+  on the network's fields only and are remembered per network (one abstract init each).
   """
+  network = {section: config[section].to_dict() for section in ("data", "model", "training")
+             if section in config}
+  key = json.dumps(network, sort_keys=True, default=repr)
+  return list(_match(key))
+
+
+@functools.lru_cache(maxsize=16)
+def _match(network_json: str) -> Tuple[TensorRule, ...]:
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(json.loads(network_json))
   if config.model.name != "ncsnpp":
     raise NotImplementedError(f"config.model.name={config.model.name!r}: diffusers' "
                               "google/ncsnpp-* format holds an 'ncsnpp' network.")
@@ -372,7 +385,7 @@ def match(config) -> List[TensorRule]:
                              ".".join(p for p in (prefix, table[grandchild.name]) if p))
     else:
       rules += _leaf_rules(child, path, prefix)
-  return rules
+  return tuple(rules)
 
 
 def canonical_tensors(tensors: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], List[str]]:
