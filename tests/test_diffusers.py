@@ -141,7 +141,7 @@ def test_names_are_the_files_names():
 def _random_variables(config, seed=0):
   rng = np.random.default_rng(seed)
   shapes = checkpoints.expected_variable_shapes(config)
-  return traverse_util.unflatten_dict({tuple(k.split("/")): rng.standard_normal(s).astype(
+  return traverse_util.unflatten_dict({tuple(k.split("/")): (0.1 * rng.standard_normal(s)).astype(
       np.float32) for k, s in shapes.items()})
 
 
@@ -355,17 +355,18 @@ def test_missing_folder_is_one_line_from_main(tmp_path):
 
 
 def test_sample_mode_with_tdas_on_the_folder(tmp_path):
-  config = diffusers_config.get_config(NOATTN)
+  folder, _ = _attention_folder(tmp_path, legacy=False)  # smaller to compile than the golden net
+  config = diffusers_config.get_config(folder)
   config.eval.batch_size = 4
   config.eval.num_samples = 4
   config.sampling.num_steps = 2
   config.sampling.tdas.enabled = True
   config.sampling.tdas.lambda1, config.sampling.tdas.lambda2 = 0.9, 0.8
   config.sampling.vanilla_comparison = False
-  run_lib.sample(config, str(tmp_path))
-  with np.load(str(tmp_path / "eval" / "samples_0.npz")) as round_file:
+  run_lib.sample(config, str(tmp_path / "run"))
+  with np.load(str(tmp_path / "run" / "eval" / "samples_0.npz")) as round_file:
     samples = round_file["samples"]
-  assert samples.shape == (4, 32, 32, 3) and samples.dtype == np.uint8
+  assert samples.shape == (4, 8, 8, 3) and samples.dtype == np.uint8
 
 
 def test_convert_writes_the_released_format_and_its_config(tmp_path):
@@ -381,3 +382,29 @@ def test_convert_writes_the_released_format_and_its_config(tmp_path):
   assert step == 0 and target.endswith("checkpoint_0")
   for a, b in zip(jax.tree_util.tree_leaves(converted), jax.tree_util.tree_leaves(expected)):
     np.testing.assert_array_equal(a, b)
+
+
+def _hub_unet(size, channels, attention_level, layers):
+  """config.json of a google/ncsnpp-* model, as its score_sde config translates."""
+  levels = len(channels)
+  return dict(
+      ATTENTION_UNET, sample_size=size, block_out_channels=channels, layers_per_block=layers,
+      down_block_types=["AttnSkipDownBlock2D" if i == attention_level else "SkipDownBlock2D"
+                        for i in range(levels)],
+      up_block_types=["AttnSkipUpBlock2D" if levels - 1 - k == attention_level
+                      else "SkipUpBlock2D" for k in range(levels)])
+
+
+def test_256px_hub_config_is_score_sde_released_tree(tmp_path):
+  """google/ncsnpp-{ffhq,celebahq,church,bedroom}-256 translate to score_sde's released 256 px
+  NCSN++: the same variable tree (docs/diffusers.md's parameter count)."""
+  from reference_cases import param_tree  # pylint: disable=g-import-not-at-top
+  unet = _hub_unet(256, [128, 128, 256, 256, 256, 256, 256], attention_level=4, layers=2)
+  folder = str(tmp_path / "hub256")
+  _write_json(os.path.join(folder, "config.json"), unet)
+  _write_json(os.path.join(folder, "scheduler_config.json"), dict(SCHEDULER, sigma_max=348))
+  open(os.path.join(folder, SAFETENSORS), "wb").close()
+  config = diffusers_config.get_config(folder)
+  released = param_tree("ve__celebahq_256_ncsnpp_continuous")
+  assert checkpoints.expected_variable_shapes(config) == released["shapes"]
+  assert released["num_params"] == 65_574_549
