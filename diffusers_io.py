@@ -204,8 +204,9 @@ def hub_snapshot(repo_id: str, revision: str = "main") -> str:
       revision = f.read().strip()
   snapshot = os.path.join(repo_folder, "snapshots", revision)
   if not os.path.isdir(snapshot):
+    missing = snapshot if os.path.isdir(repo_folder) else repo_folder
     raise MissingFileError(f"The hub model {repo_id!r} is not in the local Hugging Face cache "
-                           f"(no {snapshot!r}). {_fetch_hint(repo_id)}")
+                           f"(no {missing!r}). {_fetch_hint(repo_id)}")
   return snapshot
 
 
