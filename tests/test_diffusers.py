@@ -408,3 +408,13 @@ def test_256px_hub_config_is_score_sde_released_tree(tmp_path):
   released = param_tree("ve__celebahq_256_ncsnpp_continuous")
   assert checkpoints.expected_variable_shapes(config) == released["shapes"]
   assert released["num_params"] == 65_574_549
+
+
+def test_time_proj_w_must_be_a_copy_of_the_weight(tmp_path):
+  folder = _golden_folder(tmp_path, "flat", weights=(BIN,))
+  config = diffusers_config.get_config(folder)
+  state = pytorch_io.load(os.path.join(folder, BIN))
+  state["time_proj.W"] = state["time_proj.W"] + 1.0
+  pytorch_io.save(state, os.path.join(folder, BIN))
+  with pytest.raises(checkpoints.CheckpointError, match="time_proj.W .* is not a copy"):
+    checkpoints.load_checkpoint(folder, config)
