@@ -1,4 +1,4 @@
-"""The diffusers folder format of the `google/ncsnpp-*` hub models, read without PyTorch or diffusers.
+"""The diffusers folder format of the `google/ncsnpp-*` hub models, read without PyTorch.
 
 A model folder holds `config.json` (a `UNet2DModel` config) and one weight file,
 `diffusion_pytorch_model.safetensors` (read with the `safetensors` package's numpy reader) or

@@ -52,7 +52,8 @@ flags.DEFINE_string("output", None, "Work directory to write <output>/checkpoint
 flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint_<step> in the output.")
 flags.mark_flags_as_required(["config", "output"])
 
-_CONFIG_LOADER = '''"""The config tools.convert_checkpoint derived from the diffusers model {source}."""
+_CONFIG_LOADER = '''"""The config tools.convert_checkpoint derived from the diffusers model
+{source}."""
 import json
 import os
 
