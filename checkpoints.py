@@ -13,6 +13,10 @@ optimizer, step}`. `load_score_sde_pytorch` reads those without PyTorch (see `py
 `--mode train` writes this project's own checkpoints with orbax: `checkpoint_<n>/` folders whose
 `variables` item has the same `{'params': params_ema, **model_state}` tree (see the end of this
 file); `find_checkpoint` and `load_checkpoint` take them like the released files.
+
+A diffusers-format NCSN++ folder (the `google/ncsnpp-*` hub models: `config.json` and
+`diffusion_pytorch_model.safetensors` or `.bin`) is taken as it is: `load_diffusers` reads it
+through `diffusers_io` and pairs its tensors by name (`models/diffusers_ncsnpp.py`).
 """
 import os
 import re
@@ -77,6 +81,9 @@ def find_checkpoint(path: str, step: Optional[int] = None) -> str:
       `*.pth` file (e.g. `checkpoint.pth`) is taken when there are no numbered files.
     step: which n to take from a folder; None or 0 = the newest.
   """
+  import diffusers_io  # pylint: disable=g-import-not-at-top
+  if diffusers_io.is_diffusers_path(path):
+    return path  # a diffusers model folder (or its weight file) holds one set of weights
   if not os.path.exists(path):
     raise MissingFileError(
         f"Checkpoint path {path!r} does not exist. Put a released score_sde checkpoint at "
@@ -235,7 +242,7 @@ def load_checkpoint(path: str, config, step: Optional[int] = None, use_ema: bool
 
   Args:
     path: a checkpoint file, or a workdir / folder holding `checkpoint_<n>` or `*.pth` files
-      (see `find_checkpoint`).
+      (see `find_checkpoint`), or a diffusers NCSN++ folder (see `load_diffusers`).
     config: the config whose model the weights must fit.
     step: the n to take from a folder; None or 0 = the newest.
     use_ema: PyTorch files (score_sde_pytorch, ermongroup NCSNv2): the EMA weights (what their
@@ -243,7 +250,10 @@ def load_checkpoint(path: str, config, step: Optional[int] = None, use_ema: bool
   Returns:
     (variables, step) as `load_score_sde` / `load_score_sde_pytorch` / `load_trained` return them.
   """
+  import diffusers_io  # pylint: disable=g-import-not-at-top
   file = find_checkpoint(path, step)
+  if diffusers_io.is_diffusers_path(file):
+    return load_diffusers(file, config)
   if is_orbax_checkpoint(file):
     return load_trained(file, config)
   if is_pytorch_checkpoint(file):
@@ -556,6 +566,67 @@ def import_score_sde_pytorch(path: str, config, sources=("ema", "raw")) -> dict:
           + "\n".join(_listing(title, items) for title, items in listed))
     result[source] = traverse_util.unflatten_dict(flat)
   return result
+
+
+def load_diffusers(path: str, config):
+  """Loads a diffusers-format NCSN++ (a `google/ncsnpp-*` hub model) into flax variables.
+
+  Args:
+    path: the model folder (`config.json` + `diffusion_pytorch_model.safetensors` or `.bin`; the
+      `.safetensors` file when both exist), a `save_pretrained` folder holding it as `unet/`, or
+      one of the two weight files.
+    config: the config whose NCSN++ the weights must fit, e.g. `configs/diffusers_ncsnpp.py`'s.
+      Its network fields must agree with what the folder's `config.json` translates to
+      (`models.diffusers_ncsnpp.NETWORK_FIELDS`), since some differences (data.centered,
+      fourier_scale, ...) would not show in the weights' shapes.
+  Returns:
+    (variables, 0): `{'params': {...}}` of numpy arrays; diffusers keeps no training step.
+  Raises:
+    CheckpointError: the config does not describe the folder's network, or the tensors do not
+      fill the variables one to one (one message lists everything missing, unmatched or
+      mis-shaped). MissingFileError / DiffusersFormatError: a missing or unreadable file.
+  """
+  import diffusers_io  # pylint: disable=g-import-not-at-top
+  from models import diffusers_ncsnpp, torch_names  # pylint: disable=g-import-not-at-top
+  folder, file = diffusers_io.model_folder(path)
+  file = file or diffusers_io.weight_file(folder)
+  config_file = os.path.join(folder, diffusers_io.CONFIG_NAME)
+  unet = diffusers_io.read_json(config_file, "diffusers model config")
+  fields = diffusers_ncsnpp.score_sde_fields(unet, {}, source=config_file)
+  differences = diffusers_ncsnpp.network_differences(config, fields)
+  if differences:
+    raise CheckpointError(
+        f"The diffusers model {folder!r} is not the network of this config (use "
+        f"--config configs/diffusers_ncsnpp.py:{folder}):\n"
+        + _listing("differing fields", differences))
+  try:
+    rules = diffusers_ncsnpp.match(config)
+  except NotImplementedError as e:
+    raise CheckpointError(f"The diffusers model {folder!r} cannot be loaded into "
+                          f"config.model.name={config.model.name!r}: {e}") from e
+  tensors, problems = diffusers_ncsnpp.canonical_tensors(diffusers_io.read_weights(file))
+  missing, misshaped, flat = [], [], {}
+  for rule in rules:
+    if rule.torch_key not in tensors:
+      missing.append(f"{rule.torch_key} {rule.torch_shape} for {rule.flax_path}")
+      continue
+    value = torch_names.to_flax(tensors[rule.torch_key], rule.layout, rule.flax_shape)
+    if value is None:
+      misshaped.append(f"{rule.torch_key}: file {tensors[rule.torch_key].shape}, model expects "
+                       f"{rule.torch_shape} for {rule.flax_path} {rule.flax_shape}")
+      continue
+    flat[tuple(rule.flax_path.split("/"))] = np.asarray(value, dtype=rule.flax_dtype)
+  claimed = {rule.torch_key for rule in rules}
+  unmatched = [f"{key} {tensors[key].shape}" for key in tensors if key not in claimed]
+  listed = [(title, items) for title, items in (
+      ("problems", problems), ("missing from the file", missing), ("mis-shaped", misshaped),
+      ("unmatched tensors in the file", unmatched)) if items]
+  if listed:
+    raise CheckpointError(
+        f"The diffusers weights {file!r} do not fit the model of config.model.name="
+        f"{config.model.name!r} (image_size={config.data.image_size}; does config.json match "
+        "the weights?):\n" + "\n".join(_listing(title, items) for title, items in listed))
+  return traverse_util.unflatten_dict(flat), 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,12 +57,14 @@ def _dotted_names(config, prefix="") -> list:
 
 
 def _load_config_file(path):
-  spec = importlib.util.spec_from_file_location("_user_config", path.split(":", 1)[0])
+  """The config of `--config FILE` or `FILE:ARG` (get_config(ARG)), as ml_collections makes it."""
+  file, *argument = path.split(":", 1)
+  spec = importlib.util.spec_from_file_location("_user_config", file)
   if spec is None:
     raise OSError(f"{path} is not a Python file")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*argument)
 
 
 def _flag_error_message(argv, error) -> str:
@@ -71,6 +73,8 @@ def _flag_error_message(argv, error) -> str:
   try:
     config = _load_config_file(path)
   except Exception as load_error:  # pylint: disable=broad-except
+    if isinstance(load_error, UserError):  # e.g. the folder a `FILE:ARG` config reads is missing
+      return f"--config {path}: {load_error}"
     if isinstance(load_error, FileNotFoundError) or not os.path.isfile(str(path).split(":")[0]):
       return f"the config file {path!r} does not exist."
     return (f"the config file {path!r} cannot be loaded: {type(load_error).__name__}: "

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 SLOW_FILES_FIRST = (
     "test_demo.py", "test_train.py", "test_conditional.py", "test_models_ncsnpp_ddpm.py",
     "test_sampling.py", "test_samplers_sigma.py", "test_reliability_limits.py",
-    "test_run_sample.py", "test_evaluation.py",
+    "test_diffusers.py", "test_run_sample.py", "test_evaluation.py",
     "test_calibrate.py", "test_ermongroup.py", "test_reliability.py", "test_likelihood.py",
     "test_processes.py", "test_pds.py", "test_main.py", "test_pytorch_checkpoints.py",
     "test_sampler_interface.py")
