@@ -21,21 +21,28 @@ from errors import UserError
 MODES = run_lib.MODES
 
 FLAGS = flags.FLAGS
+# allow_override: the tests import this module in processes that also import the benchmarks and
+# tools, whose flags share names (--config, --workdir); whichever module is imported last owns
+# the name. As a program, main.py is the only module that defines them.
+_OVERRIDABLE = dict(allow_override=True)
 config_flags.DEFINE_config_file(
     "config", None, "Config file (e.g. configs/ve/ffhq_ncsnpp.py); override fields with "
-    "--config.<field>=<value>.", lock_config=True)
+    "--config.<field>=<value>.", lock_config=True, **_OVERRIDABLE)
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints are read from "
-                    "<workdir>/checkpoints/, results are written below it.")
+                    "<workdir>/checkpoints/, results are written below it.", **_OVERRIDABLE)
 flags.DEFINE_enum("mode", None, sorted(MODES), "What to run: " + "; ".join(
-    f"{name}: {fn.__doc__.splitlines()[0]}" for name, fn in sorted(MODES.items())))
-flags.DEFINE_string("eval_folder", "eval", "Folder under --workdir for evaluation output.")
+    f"{name}: {fn.__doc__.splitlines()[0]}" for name, fn in sorted(MODES.items())),
+                  **_OVERRIDABLE)
+flags.DEFINE_string("eval_folder", "eval", "Folder under --workdir for evaluation output.",
+                    **_OVERRIDABLE)
 flags.DEFINE_float("speedup", None, "Shorthand for --config.sampling.speedup=K "
-                   "--config.sampling.num_steps=0: sample with round(model.num_scales / K) steps.")
-flags.DEFINE_bool("tdas", None, "Shorthand for --config.sampling.tdas.enabled=true (or false).")
+                   "--config.sampling.num_steps=0: sample with round(model.num_scales / K) steps.",
+                   **_OVERRIDABLE)
+flags.DEFINE_bool("tdas", None, "Shorthand for --config.sampling.tdas.enabled=true (or false).",
+                  **_OVERRIDABLE)
 flags.DEFINE_bool("discard_rounds", False, "--mode sample: delete the round files in the eval "
                   "folder that were sampled with other settings, and sample them again (without "
-                  "it, such rounds stop the run).")
-flags.mark_flags_as_required(["config", "workdir", "mode"])
+                  "it, such rounds stop the run).", **_OVERRIDABLE)
 
 
 def _argv_config_path(argv):
@@ -160,4 +167,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir", "mode"])  # as a program only (tests import it)
   app.run(main, flags_parser=parse_flags)

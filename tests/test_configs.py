@@ -18,7 +18,7 @@ CONFIG_DIR = os.path.join(REPO_ROOT, 'configs')
 
 # Modules under configs/ that are building blocks, not configs with `get_config()`.
 HELPER_FILES = frozenset({
-    'project_fields.py', 'default_cifar10_configs.py', 'default_celeba_configs.py',
+    'project_fields.py', 'field_docs.py', 'default_cifar10_configs.py', 'default_celeba_configs.py',
     'default_lsun_configs.py', 'tiny/common.py', 'ermongroup/common.py'})
 
 # Released-config families of the tiny configs: same fields, same SDE/model/sampler kind.

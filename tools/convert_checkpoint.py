@@ -50,7 +50,6 @@ flags.DEFINE_string("input", None, "score_sde_pytorch checkpoint (.pth, zip or l
 flags.DEFINE_string("output", None, "Work directory to write <output>/checkpoints/"
                     "checkpoint_<step> into.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint_<step> in the output.")
-flags.mark_flags_as_required(["config", "output"])
 
 _CONFIG_LOADER = '''"""The config tools.convert_checkpoint derived from the diffusers model
 {source}."""
@@ -154,4 +153,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "output"])  # as a program only (tests import it)
   app.run(errors.report_user_errors(main))

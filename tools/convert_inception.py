@@ -24,7 +24,6 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, f"The .pth weight file ({inception.WEIGHTS_FILENAME}).")
 flags.DEFINE_string("output", None, "The .npz to write.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
-flags.mark_flags_as_required(["input", "output"])
 
 
 def convert(input_path: str, output_path: str, overwrite: bool = False) -> str:
@@ -52,4 +51,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["input", "output"])  # as a program only (tests import it)
   app.run(errors.report_user_errors(main))
