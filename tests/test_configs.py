@@ -52,10 +52,18 @@ RELEASED_FILES = [f for f in CONFIG_FILES if f.split('/')[0] in ('ve', 'vp', 'su
                   and f != 've/ffhq_ncsnpp.py']
 
 
+# Configs made from a folder (`--config FILE:FOLDER`), and the folder the tests give them.
+CONFIG_ARGUMENTS = {
+    'diffusers_ncsnpp.py': os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden',
+                                        'diffusers_ncsnpp', 'noattn'),
+}
+
+
 def get_config(config_file):
   """`get_config()` of configs/<config_file>, imported as a package module."""
   module = importlib.import_module('configs.' + config_file[:-len('.py')].replace('/', '.'))
-  return module.get_config()
+  return module.get_config(*([CONFIG_ARGUMENTS[config_file]]
+                             if config_file in CONFIG_ARGUMENTS else []))
 
 
 def get_config_by_path(config_file):
@@ -64,7 +72,8 @@ def get_config_by_path(config_file):
   spec = importlib.util.spec_from_file_location('config_under_test', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*([CONFIG_ARGUMENTS[config_file]]
+                             if config_file in CONFIG_ARGUMENTS else []))
 
 
 def flatten(tree, prefix=''):
