@@ -40,20 +40,26 @@ from errors import MissingFileError, UserError
 
 CONFIGS = {32: ffhq32, 64: ffhq64, 256: lsun256}
 
-flags.DEFINE_string("out", "analytic_tdas.json", "JSON output; a PNG plot is written beside it.")
-flags.DEFINE_enum("size", "32", [str(s) for s in CONFIGS], "Image size of the analytic target.")
-flags.DEFINE_integer("num_samples", 256, "Samples per measured run.")
-flags.DEFINE_integer("calibration_samples", 128, "Samples per calibration run.")
-flags.DEFINE_list("budgets", ["2000", "1000", "400", "200", "100", "50", "25"], "Steps N'.")
-flags.DEFINE_integer("bands", 8, "Radial bands of the reported std ratios.")
-flags.DEFINE_integer("calibration_bins", 16, "Radial bins of the calibration profile.")
-flags.DEFINE_enum("method", "zones", list(calibration.METHODS),
-                  "Filter fitted by the inline calibration (as config.calibrate.method).")
-flags.DEFINE_string("calibration_dir", "", "Take TDAS's filters from filters_<N'>.npz in this "
-                    "folder (--mode calibrate output) instead of calibrating inline.")
-flags.DEFINE_list("score_errors", ["off", "on"], "Which analytic models to run: 'off' (exact "
-                  "score) and/or 'on' (the high-frequency score error of docs/numerics.md §7).")
-flags.DEFINE_integer("seed", 0, "Seed of the measured runs (calibration uses seed + 1000).")
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  flags.DEFINE_string("out", "analytic_tdas.json", "JSON output; a PNG plot is written beside it.")
+  flags.DEFINE_enum("size", "32", [str(s) for s in CONFIGS], "Image size of the analytic target.")
+  flags.DEFINE_integer("num_samples", 256, "Samples per measured run.")
+  flags.DEFINE_integer("calibration_samples", 128, "Samples per calibration run.")
+  flags.DEFINE_list("budgets", ["2000", "1000", "400", "200", "100", "50", "25"], "Steps N'.")
+  flags.DEFINE_integer("bands", 8, "Radial bands of the reported std ratios.")
+  flags.DEFINE_integer("calibration_bins", 16, "Radial bins of the calibration profile.")
+  flags.DEFINE_enum("method", "zones", list(calibration.METHODS),
+                    "Filter fitted by the inline calibration (as config.calibrate.method).")
+  flags.DEFINE_string("calibration_dir", "", "Take TDAS's filters from filters_<N'>.npz in this "
+                      "folder (--mode calibrate output) instead of calibrating inline.")
+  flags.DEFINE_list("score_errors", ["off", "on"], "Which analytic models to run: 'off' (exact "
+                    "score) and/or 'on' (the high-frequency score error of docs/numerics.md §7).")
+  flags.DEFINE_integer("seed", 0, "Seed of the measured runs (calibration uses seed + 1000).")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -212,4 +218,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(errors.report_user_errors(main))

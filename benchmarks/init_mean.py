@@ -23,12 +23,18 @@ from models import analytic
 from sampling import factory
 from tdas import files, settings
 
-flags.DEFINE_string("out", "init_mean.json", "JSON output.")
-flags.DEFINE_integer("size", 16, "Image size of the analytic target.")
-flags.DEFINE_integer("sigma_max", 10, "σ_max of the VE SDE.")
-flags.DEFINE_integer("num_samples", 2000, "Samples per point.")
-flags.DEFINE_list("methods", ["heun", "dpmpp_2m", "dpmpp_2m_sde", "euler_ancestral"], "Methods.")
-flags.DEFINE_list("nfe", ["10", "20", "50"], "NFE budgets.")
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  flags.DEFINE_string("out", "init_mean.json", "JSON output.")
+  flags.DEFINE_integer("size", 16, "Image size of the analytic target.")
+  flags.DEFINE_integer("sigma_max", 10, "σ_max of the VE SDE.")
+  flags.DEFINE_integer("num_samples", 2000, "Samples per point.")
+  flags.DEFINE_list("methods", ["heun", "dpmpp_2m", "dpmpp_2m_sde", "euler_ancestral"], "Methods.")
+  flags.DEFINE_list("nfe", ["10", "20", "50"], "NFE budgets.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -78,4 +84,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(errors.report_user_errors(main))

@@ -21,9 +21,15 @@ from atomic_io import atomic_savez, atomic_write_text
 from configs.demo import digits_ncsnpp
 from evaluation import digits_classifier
 
-flags.DEFINE_string("out", "inpainting.json", "JSON output.")
-flags.DEFINE_list("steps", ["20", "50", "200"], "PC steps (NFE = 2 x steps).")
-flags.DEFINE_integer("num_images", 300, "Held-out digits to inpaint (at most 300).")
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  flags.DEFINE_string("out", "inpainting.json", "JSON output.")
+  flags.DEFINE_list("steps", ["20", "50", "200"], "PC steps (NFE = 2 x steps).")
+  flags.DEFINE_integer("num_images", 300, "Held-out digits to inpaint (at most 300).")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -79,4 +85,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(errors.report_user_errors(main))

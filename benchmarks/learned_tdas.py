@@ -50,15 +50,22 @@ METHODS = ("vanilla", "tdas", "tdas_one_zone")
 LABELS = {"vanilla": "vanilla", "tdas": "TDAS (calibrated zones)",
           "tdas_one_zone": "TDAS (one-zone rule)"}
 
-flags.DEFINE_string("out", "learned_tdas.json", "JSON output; FILE.png and FILE_grids.png beside.")
-flags.DEFINE_string("workdir", "runs/learned_tdas", "Where calibration and statistics files go.")
-flags.DEFINE_list("speedups", ["1", "2", "5", "10", "20", "40"], "k of the budgets N' = N / k.")
-flags.DEFINE_integer("num_samples", 250, "Samples per method, budget and seed.")
-flags.DEFINE_integer("seeds", 3, "Seeds per method and budget (the spread of the measures).")
-flags.DEFINE_integer("calibration_samples", 200, "Samples per calibration set (the paper: 200).")
-flags.DEFINE_integer("bins", 8, "Radial DCT bands of the frequency deviation.")
-flags.DEFINE_float("space_alpha", 0.0, "0: frequency filter only. >= 1: also TDAS's space filter "
-                   "from the training digits' mean image, softened by this alpha.")
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  flags.DEFINE_string("out", "learned_tdas.json",
+                      "JSON output; FILE.png and FILE_grids.png beside.")
+  flags.DEFINE_string("workdir", "runs/learned_tdas", "Where calibration and statistics files go.")
+  flags.DEFINE_list("speedups", ["1", "2", "5", "10", "20", "40"], "k of the budgets N' = N / k.")
+  flags.DEFINE_integer("num_samples", 250, "Samples per method, budget and seed.")
+  flags.DEFINE_integer("seeds", 3, "Seeds per method and budget (the spread of the measures).")
+  flags.DEFINE_integer("calibration_samples", 200, "Samples per calibration set (the paper: 200).")
+  flags.DEFINE_integer("bins", 8, "Radial DCT bands of the frequency deviation.")
+  flags.DEFINE_float("space_alpha", 0.0, "0: frequency filter only. >= 1: also TDAS's space filter "
+                     "from the training digits' mean image, softened by this alpha.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -359,4 +366,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(errors.report_user_errors(main))

@@ -36,17 +36,25 @@ VARIANT_LABELS = {"vanilla": "", "tdas": ", TDAS (calibrated)", "pds": ", PDS (i
 
 # --out, --workdir (the calibrations go in one folder a method below it), --num_samples, --seeds,
 # --calibration_samples and --bins are `benchmarks.learned_tdas`'s flags, shared.
-flags.DEFINE_list("methods", list(METHODS), "Methods to rank.")
-flags.DEFINE_list("nfe", ["10", "20", "40", "80"], "NFE budgets.")
-flags.DEFINE_list("pc_nfe", ["200", "400"], "Extra budgets for PC, which needs far more.")
-flags.DEFINE_list("tdas_nfe", ["20"], "Budgets at which each method is also run with TDAS.")
-flags.DEFINE_list("pds_nfe", ["20", "40"], "Budgets at which PC also runs as PDS (its masks from "
-                  "200 training digits, alpha 5, preconditioned drift).")
-flags.DEFINE_list("variants", list(VARIANTS), "Which variants run (e.g. `tdas` alone, to add "
-                  "budgets to an earlier run with --merge).")
-flags.DEFINE_string("merge", "", "An earlier run's JSON: its rows are kept wherever this run has "
-                    "no row of the same method, variant, NFE and seed, and the table and plot "
-                    "cover both. The sample grids show this run only.")
+
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  learned_tdas.define_flags()  # the flags it shares: --out, --workdir, --num_samples, ...
+  flags.DEFINE_list("methods", list(METHODS), "Methods to rank.")
+  flags.DEFINE_list("nfe", ["10", "20", "40", "80"], "NFE budgets.")
+  flags.DEFINE_list("pc_nfe", ["200", "400"], "Extra budgets for PC, which needs far more.")
+  flags.DEFINE_list("tdas_nfe", ["20"], "Budgets at which each method is also run with TDAS.")
+  flags.DEFINE_list("pds_nfe", ["20", "40"], "Budgets at which PC also runs as PDS (its masks from "
+                    "200 training digits, alpha 5, preconditioned drift).")
+  flags.DEFINE_list("variants", list(VARIANTS), "Which variants run (e.g. `tdas` alone, to add "
+                    "budgets to an earlier run with --merge).")
+  flags.DEFINE_string("merge", "", "An earlier run's JSON: its rows are kept wherever this run has "
+                      "no row of the same method, variant, NFE and seed, and the table and plot "
+                      "cover both. The sample grids show this run only.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -268,4 +276,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(errors.report_user_errors(main))

@@ -33,22 +33,28 @@ from tdas import calibration
 from tdas import stats as tdas_stats
 from tdas.settings import TDAS
 
-flags.DEFINE_string("out", "samplers_analytic.json", "JSON output.")
-flags.DEFINE_string("config", "ffhq64", "Analytic config under configs/analytic/.")
-flags.DEFINE_list("cases", ["0", "1", "2", "3"], "Indices of the cases run (CASES: 0 mean, exact "
-                  "score; 1 mean, score error; 2 mean 0, exact; 3 mean 0, score error).")
-flags.DEFINE_integer("batch_size", 0, "Samples per sampler call (0: all of a point at once); "
-                     "smaller batches bound the memory at 256 px.")
-flags.DEFINE_list("methods", list(METHODS), "Methods to rank.")
-flags.DEFINE_list("nfe", ["10", "20", "40", "80"], "NFE budgets.")
-flags.DEFINE_list("tdas_nfe", ["20"], "Budgets at which each method is also run with TDAS.")
-flags.DEFINE_integer("reference_nfe", 400, "NFE of the calibration reference (not PC, which takes "
-                     "the config's full 2000 steps).")
-flags.DEFINE_integer("num_samples", 1000, "Samples per point.")
-flags.DEFINE_integer("calibration_samples", 256, "Samples per calibration set.")
-flags.DEFINE_list("mean_blind", ["pc"], "Methods run on the mean-0.5 targets only: at σ_max = 100 "
-                  "VE PC's W2 moves by < 1e-5 with the target's mean (measured), so their mean-0 "
-                  "rows would repeat the others.")
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  flags.DEFINE_string("out", "samplers_analytic.json", "JSON output.")
+  flags.DEFINE_string("config", "ffhq64", "Analytic config under configs/analytic/.")
+  flags.DEFINE_list("cases", ["0", "1", "2", "3"], "Indices of the cases run (CASES: 0 mean, exact "
+                    "score; 1 mean, score error; 2 mean 0, exact; 3 mean 0, score error).")
+  flags.DEFINE_integer("batch_size", 0, "Samples per sampler call (0: all of a point at once); "
+                       "smaller batches bound the memory at 256 px.")
+  flags.DEFINE_list("methods", list(METHODS), "Methods to rank.")
+  flags.DEFINE_list("nfe", ["10", "20", "40", "80"], "NFE budgets.")
+  flags.DEFINE_list("tdas_nfe", ["20"], "Budgets at which each method is also run with TDAS.")
+  flags.DEFINE_integer("reference_nfe", 400, "NFE of the calibration reference (not PC, which "
+                       "takes the config's full 2000 steps).")
+  flags.DEFINE_integer("num_samples", 1000, "Samples per point.")
+  flags.DEFINE_integer("calibration_samples", 256, "Samples per calibration set.")
+  flags.DEFINE_list("mean_blind", ["pc"], "Methods run on the mean-0.5 targets only: at "
+                    "σ_max = 100 VE PC's W2 moves by < 1e-5 with the target's mean (measured), so their mean-0 "
+                    "rows would repeat the others.")
+
+
 FLAGS = flags.FLAGS
 
 CASES = (("mean 0.5, exact score", False, True), ("mean 0.5, score error", True, True),
@@ -169,4 +175,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(errors.report_user_errors(main))

@@ -28,17 +28,23 @@ from sampling import factory
 from tdas import filters as tdas_filters
 from tdas.settings import TDAS
 
-flags.DEFINE_string("config", "ve/ffhq_256_ncsnpp_continuous", "Config under configs/.")
-flags.DEFINE_integer("nf", 16, "Network width (model.nf); 0 keeps the config's.")
-flags.DEFINE_list("batch", ["1"], "Batch sizes.")
-flags.DEFINE_integer("steps", 4, "Sampler steps per timed call.")
-flags.DEFINE_integer("repeats", 3, "Timed repeats of each variant (interleaved); the minimum "
-                     "and the median of each round's ratios are reported.")
-flags.DEFINE_string("out", "step_overhead.json", "JSON output.")
-flags.DEFINE_list("methods", ["pc"], "Sampling methods to time (config.sampling.method).")
-flags.DEFINE_enum("precision", "highest", ["default", "high", "highest"],
-                  "jax_default_matmul_precision (GPUs run float32 convolutions as TF32 under "
-                  "'default').")
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  flags.DEFINE_string("config", "ve/ffhq_256_ncsnpp_continuous", "Config under configs/.")
+  flags.DEFINE_integer("nf", 16, "Network width (model.nf); 0 keeps the config's.")
+  flags.DEFINE_list("batch", ["1"], "Batch sizes.")
+  flags.DEFINE_integer("steps", 4, "Sampler steps per timed call.")
+  flags.DEFINE_integer("repeats", 3, "Timed repeats of each variant (interleaved); the minimum "
+                       "and the median of each round's ratios are reported.")
+  flags.DEFINE_string("out", "step_overhead.json", "JSON output.")
+  flags.DEFINE_list("methods", ["pc"], "Sampling methods to time (config.sampling.method).")
+  flags.DEFINE_enum("precision", "highest", ["default", "high", "highest"],
+                    "jax_default_matmul_precision (GPUs run float32 convolutions as TF32 under "
+                    "'default').")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -144,4 +150,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(errors.report_user_errors(main))

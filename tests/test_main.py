@@ -184,3 +184,21 @@ def test_a_configs_own_filter_file_with_tdas_off_is_not_a_warning():
       assert warning.called == warned, fields
   finally:
     settings.set_command_line_fields(None)
+
+
+def test_every_program_imports_beside_every_other():
+  """main.py, the tools and the benchmarks share flag names (--input, --out, --config, ...):
+  importing them all into one process (as the tests do) must define no flag twice, and each
+  program must still define its flags when run."""
+  programs = sorted(f"{folder}.{name[:-3]}" for folder in ("tools", "benchmarks")
+                    for name in os.listdir(os.path.join(REPO, folder))
+                    if name.endswith(".py") and name != "__init__.py")
+  script = ("import importlib, sys\nimport main\n"
+            f"for name in {programs!r}:\n  importlib.import_module(name)\nprint('imported')\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
+  result = subprocess.run([sys.executable, "-m", "benchmarks.samplers", "--helpshort"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert "--merge" in result.stdout and "--num_samples" in result.stdout, result.stdout[-2000:]

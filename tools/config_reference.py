@@ -17,7 +17,13 @@ from absl import flags
 from configs import field_docs
 from configs import project_fields
 
-flags.DEFINE_bool("check", False, "Only compare: exit 1 if docs/config_fields.md is stale.")
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  flags.DEFINE_bool("check", False, "Only compare: exit 1 if docs/config_fields.md is stale.")
+
+
 FLAGS = flags.FLAGS
 
 OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
@@ -96,4 +102,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -40,16 +40,22 @@ from atomic_io import atomic_write_text
 from errors import UserError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Config file of the checkpoint's model (e.g. "
-    "configs/ve/ffhq_ncsnpp_continuous.py); override fields with --config.<field>=<value>.",
-    lock_config=True)
-flags.DEFINE_string("input", None, "score_sde_pytorch checkpoint (.pth, zip or legacy format), "
-                    "a --mode train checkpoint folder (checkpoint_<n>/) or a diffusers NCSN++ "
-                    "folder; default: the config's sampling.checkpoint_dir.")
-flags.DEFINE_string("output", None, "Work directory to write <output>/checkpoints/"
-                    "checkpoint_<step> into.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint_<step> in the output.")
+
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file of the checkpoint's model (e.g. "
+      "configs/ve/ffhq_ncsnpp_continuous.py); override fields with --config.<field>=<value>.",
+      lock_config=True)
+  flags.DEFINE_string("input", None, "score_sde_pytorch checkpoint (.pth, zip or legacy format), "
+                      "a --mode train checkpoint folder (checkpoint_<n>/) or a diffusers NCSN++ "
+                      "folder; default: the config's sampling.checkpoint_dir.")
+  flags.DEFINE_string("output", None, "Work directory to write <output>/checkpoints/"
+                      "checkpoint_<step> into.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint_<step> in the output.")
+
 
 _CONFIG_LOADER = '''"""The config tools.convert_checkpoint derived from the diffusers model
 {source}."""
@@ -153,5 +159,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["config", "output"])  # as a program only (tests import it)
   app.run(errors.report_user_errors(main))

@@ -21,9 +21,14 @@ from evaluation import inception
 from errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("input", None, f"The .pth weight file ({inception.WEIGHTS_FILENAME}).")
-flags.DEFINE_string("output", None, "The .npz to write.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
+
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  flags.DEFINE_string("input", None, f"The .pth weight file ({inception.WEIGHTS_FILENAME}).")
+  flags.DEFINE_string("output", None, "The .npz to write.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 
 
 def convert(input_path: str, output_path: str, overwrite: bool = False) -> str:
@@ -51,5 +56,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["input", "output"])  # as a program only (tests import it)
   app.run(errors.report_user_errors(main))

@@ -14,11 +14,17 @@ from absl import app, flags
 import calibrate_mode
 import errors
 
-flags.DEFINE_string("data", None, "An image folder (PNG/JPEG) or an .npz with `images` uint8.")
-flags.DEFINE_integer("image_size", None, "Image size of the data set.")
-flags.DEFINE_integer("num_channels", 3, "Channels of the data set.")
-flags.DEFINE_integer("num_images", 200, "Images to average (PDS: 200).")
-flags.DEFINE_string("out_dir", None, "Where pds_space.npy and pds_freq.npy go.")
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  flags.DEFINE_string("data", None, "An image folder (PNG/JPEG) or an .npz with `images` uint8.")
+  flags.DEFINE_integer("image_size", None, "Image size of the data set.")
+  flags.DEFINE_integer("num_channels", 3, "Channels of the data set.")
+  flags.DEFINE_integer("num_images", 200, "Images to average (PDS: 200).")
+  flags.DEFINE_string("out_dir", None, "Where pds_space.npy and pds_freq.npy go.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -36,5 +42,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["data", "image_size", "out_dir"])  # only when run as the tool
   app.run(errors.report_user_errors(main))

@@ -14,10 +14,15 @@ import errors
 from evaluation import digits_classifier
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", digits_classifier.DEFAULT_WEIGHTS,
-                    "Where to write the weights (and a .json beside).")
-flags.DEFINE_integer("seed", 0, "PRNG seed of the initialisation and the batches.")
-flags.DEFINE_integer("epochs", 40, "Passes over the 1497 training digits.")
+
+
+def define_flags():
+  """Defines this program's flags; called when it runs as a program, so that importing it
+  beside other programs (as the tests do) defines none of theirs twice."""
+  flags.DEFINE_string("out", digits_classifier.DEFAULT_WEIGHTS,
+                      "Where to write the weights (and a .json beside).")
+  flags.DEFINE_integer("seed", 0, "PRNG seed of the initialisation and the batches.")
+  flags.DEFINE_integer("epochs", 40, "Passes over the 1497 training digits.")
 
 
 def main(argv):
@@ -28,4 +33,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(errors.report_user_errors(main))
