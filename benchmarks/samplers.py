@@ -22,6 +22,7 @@ import errors
 import checkpoints
 from atomic_io import atomic_savez, atomic_write_text
 from benchmarks import learned_tdas
+from benchmarks import paired_stats
 from benchmarks.sampler_budgets import LABELS, METHODS, configure, steps_for
 from configs.demo import digits_ncsnpp
 from evaluation import digits_classifier
@@ -112,7 +113,7 @@ def run(workdir, methods, budgets, pc_budgets, tdas_budgets, num_samples, seeds,
         for seed in range(seeds):
           x, nfe, seconds = learned_tdas.draw(sampler, variables, tdas, steps, seed)
           row = dict(method=method, variant=variant, steps=steps, nfe=nfe, seed=seed,
-                     seconds=seconds, **measure(to_data_scale(x, base.data.centered)))
+                     num_samples=num_samples, seconds=seconds, **measure(to_data_scale(x, base.data.centered)))
           rows.append(row)
           logging.info("%s %s %d steps (%d NFE) seed %d: FD %.2f, freq dev %.3f", method,
                        variant, steps, nfe, seed, row["frechet_distance"],
@@ -122,46 +123,136 @@ def run(workdir, methods, budgets, pc_budgets, tdas_budgets, num_samples, seeds,
   return dict(config="configs/demo/digits_ncsnpp.py", checkpoint=source,
               full_steps=int(base.model.num_scales), methods=list(methods), num_samples=num_samples,
               seeds=seeds, calibration_samples=calibration_samples, calibrations=calibrations,
-              real_floor=learned_tdas.real_floor(measure, num_samples, seeds),
+              real_floor=real_floors(measure, [num_samples], seeds),
               device=str(jax.devices()[0].device_kind), rows=rows,
-              table=summarise(rows)), previews
+              table=summarise(rows),
+              comparisons=comparisons(rows, sorted(set(budgets) | set(pc_budgets)))), previews
+
+
+BASELINE = "dpmpp_2m_sde"  # the vanilla method every other is paired against
+MEASURES = ("frechet_distance", "kernel_distance")
+
+
+def _cell_key(row):
+  return (row["method"], row["variant"], row["nfe"], row.get("num_samples", 0))
+
+
+def _per_seed(rows, key, field) -> dict:
+  return {r["seed"]: r[field] for r in rows if _cell_key(r) == key and field in r}
 
 
 def summarise(rows):
-  """Mean ± std over seeds per (method, variant, NFE)."""
+  """Per (method, variant, NFE, samples): the mean with its 95 % t interval over seeds (`_low`,
+  `_high`), the std, and the per-seed values."""
   table = []
-  for key in sorted({(r["method"], r["variant"], r["nfe"]) for r in rows},
-                    key=lambda k: (METHODS.index(k[0]), k[1], k[2])):
-    chosen = [r for r in rows if (r["method"], r["variant"], r["nfe"]) == key]
-    entry = dict(method=key[0], variant=key[1], nfe=key[2], steps=chosen[0]["steps"])
-    for field in ("frechet_distance", "frequency_deviation", "label_entropy", "seconds"):
-      values = np.array([r[field] for r in chosen], np.float64)
-      entry[field] = float(values.mean())
-      entry[field + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+  for key in sorted({_cell_key(r) for r in rows},
+                    key=lambda k: (METHODS.index(k[0]), k[1], k[2], k[3])):
+    chosen = [r for r in rows if _cell_key(r) == key]
+    entry = dict(method=key[0], variant=key[1], nfe=key[2], num_samples=key[3],
+                 steps=chosen[0]["steps"], seeds=sorted(r["seed"] for r in chosen))
+    for field in MEASURES + ("frequency_deviation", "label_entropy", "seconds"):
+      values = [r[field] for r in chosen if field in r]
+      if not values:
+        continue
+      interval = paired_stats.t_interval(values)
+      entry[field] = interval.mean
+      entry[field + "_std"] = 0.0 if interval.n < 2 else interval.std
+      entry[field + "_low"], entry[field + "_high"] = interval.low, interval.high
+      if field in MEASURES:
+        entry[field + "_per_seed"] = {str(r["seed"]): r[field] for r in chosen if field in r}
     table.append(entry)
   return table
 
 
+def comparisons(rows, budgets) -> list:
+  """The paired differences the benchmark reports, each on the seeds both sides share at the same
+  sample count and NFE column: every variant against vanilla DPM-Solver++(2M) SDE ('sampler'),
+  TDAS against the same method's vanilla ('tdas'), PDS against TDAS on PC ('pds')."""
+  cells = {_cell_key(r): r for r in rows}
+  columns = sorted(set(budgets) | {nfe_column(k[2], budgets) for k in cells})
+  by_column = {}
+  for key in cells:
+    by_column.setdefault((key[0], key[1], nfe_column(key[2], columns), key[3]), key)
+  found = []
+  for (method, variant, column, num_samples), key in sorted(
+      by_column.items(), key=lambda item: (item[0][2], item[0][3], METHODS.index(item[0][0]))):
+    against = [("sampler", (BASELINE, "vanilla", column, num_samples))]
+    if variant == "tdas":
+      against.append(("tdas", (method, "vanilla", column, num_samples)))
+    if variant == "pds":
+      against.append(("pds", (method, "tdas", column, num_samples)))
+    for kind, other in against:
+      if other not in by_column or by_column[other] == key:
+        continue
+      entry = dict(kind=kind, method=method, variant=variant, nfe_column=column,
+                   num_samples=num_samples, against=dict(method=other[0], variant=other[1]))
+      for field in MEASURES:
+        mine, theirs = _per_seed(rows, key, field), _per_seed(rows, by_column[other], field)
+        if not set(mine) & set(theirs):
+          continue
+        difference = paired_stats.paired_difference(mine, theirs)
+        entry[field] = dict(difference.to_json(), verdict=paired_stats.verdict(difference))
+      if "frechet_distance" in entry:
+        found.append(entry)
+  return found
+
+
 def merge(earlier: dict, result: dict) -> dict:
-  """`result` with the rows of `earlier` that it has no row for (same method, variant, NFE and
-  seed), its methods and calibrations added, and the table recomputed."""
-  key = lambda r: (r["method"], r["variant"], r["nfe"], r["seed"])
+  """`result` with the rows of `earlier` that it has no row for (same method, variant, NFE, seed
+  and sample count), its methods, calibrations and floors added, and the tables recomputed."""
+  key = lambda r: _cell_key(r) + (r["seed"],)
   if "budgets" not in earlier:
     raise UserError("--merge: the earlier run's JSON records no `budgets` (written by this "
                      "benchmark since --merge exists); rerun it.")
-  if earlier["num_samples"] != result["num_samples"] or earlier["config"] != result["config"]:
-    raise UserError("--merge: the earlier run used another config or num_samples "
-                     f"({earlier['config']}, {earlier['num_samples']}); its rows do not compare.")
+  if earlier["config"] != result["config"]:
+    raise UserError(f"--merge: the earlier run used another config ({earlier['config']}); its "
+                     "rows do not compare.")
+  for rows, run in ((earlier["rows"], earlier), (result["rows"], result)):
+    for r in rows:
+      r.setdefault("num_samples", run["num_samples"])  # runs before rows recorded it
   present = {key(r) for r in result["rows"]}
   merged = dict(result)
   merged["rows"] = [r for r in earlier["rows"] if key(r) not in present] + result["rows"]
   merged["methods"] = [m for m in METHODS if m in set(earlier["methods"]) | set(result["methods"])]
   merged["calibrations"] = {**earlier.get("calibrations", {}), **result["calibrations"]}
   merged["seeds"] = max(earlier["seeds"], result["seeds"])
-  merged["real_floor"] = earlier["real_floor"]
-  merged["table"] = summarise(merged["rows"])
+  merged["num_samples"] = max(earlier["num_samples"], result["num_samples"])
+  merged["real_floor"] = {**_floors(earlier), **_floors(result)}
   merged["budgets"] = sorted(set(earlier["budgets"]) | set(result["budgets"]))
+  merged["table"] = summarise(merged["rows"])
+  merged["comparisons"] = comparisons(merged["rows"], merged["budgets"])
   return merged
+
+
+def _floors(result) -> dict:
+  """{str(num_samples): floor}; runs before per-size floors held one floor of their num_samples."""
+  floor = result.get("real_floor", {})
+  if "frechet_distance" in floor:
+    return {str(floor.get("num_samples", result["num_samples"])): floor}
+  return dict(floor)
+
+
+def real_floors(measure, sizes, seeds) -> dict:
+  """{str(N): the measures of N real training digits against the held-out ones, per draw}, the
+  floor a sampler's distances cannot go below at that N. Draws are disjoint while the 1497
+  training digits allow (5 × 250; 1 × 1000), then drawn afresh (overlapping)."""
+  train, _ = digits_classifier.digits_split(evaluation=False)
+  order = np.random.RandomState(0).permutation(train.shape[0])
+  floors = {}
+  for size in sorted(set(sizes)):
+    rows, disjoint = [], train.shape[0] // size
+    for seed in range(seeds):
+      chosen = (order[seed * size:(seed + 1) * size] if seed < disjoint else
+                np.random.RandomState(seed).choice(train.shape[0], size, replace=False))
+      rows.append(dict(seed=seed, **{f: measure(train[chosen])[f] for f in MEASURES}))
+    floor = dict(num_samples=size, seeds=seeds, disjoint_draws=min(seeds, disjoint))
+    for field in MEASURES:
+      interval = paired_stats.t_interval([r[field] for r in rows])
+      floor.update({field: interval.mean, field + "_low": interval.low,
+                    field + "_high": interval.high,
+                    field + "_per_seed": {str(r["seed"]): r[field] for r in rows}})
+    floors[str(size)] = floor
+  return floors
 
 
 def nfe_column(nfe: int, budgets) -> int:
@@ -169,37 +260,80 @@ def nfe_column(nfe: int, budgets) -> int:
   return min(budgets, key=lambda b: abs(b - nfe))
 
 
-def table_text(result, budgets) -> str:
-  """Fréchet distance per method (rows) and NFE budget (columns); best vanilla per column bold."""
+def _value(entry, field, digits) -> str:
+  return paired_stats.format_value(paired_stats.Interval(
+      entry[field], entry[field + "_low"], entry[field + "_high"], entry[field + "_std"],
+      len(entry["seeds"]), 0.0), digits)
+
+
+def _difference_text(comparison, field, digits) -> str:
+  difference = comparison[field]
+  interval = paired_stats.Interval(**{k: difference[k] for k in (
+      "mean", "low", "high", "std", "n", "detectable")})
+  text = f"{paired_stats.format_difference(interval, digits)} {difference['verdict']}"
+  if difference["verdict"] == paired_stats.NO_DIFFERENCE and interval.n > 1:
+    text += f" (detectable {interval.detectable:.{digits}f})"
+  return text
+
+
+def table_text(result, budgets, field: str = "frechet_distance", digits: int = 1) -> str:
+  """Two markdown tables of `field` (the Fréchet distance or KID × 10³). The ranking: each method
+  (rows) and NFE budget (columns) as mean ± the 95 % interval's half width over seeds, then its
+  paired difference to vanilla DPM-Solver++(2M) SDE on the same seeds, with the verdict; the
+  best vanilla mean per column in bold. Then TDAS against vanilla (and PDS against TDAS) per
+  method. Each cell uses the most samples a run drew for it."""
   columns = sorted(set(budgets) | {nfe_column(e["nfe"], budgets) for e in result["table"]})
   cells = {}
-  for e in result["table"]:
+  for e in sorted(result["table"], key=lambda e: e.get("num_samples", 0)):
     cells[(e["method"], e["variant"], nfe_column(e["nfe"], columns))] = e
-  best = {c: min((e["frechet_distance"] for (m, v, cc), e in cells.items() if cc == c),
+  compared = {(c["kind"], c["method"], c["variant"], c["nfe_column"], c["num_samples"]): c
+              for c in result.get("comparisons", [])}
+  best = {c: min((e[field] for (m, v, cc), e in cells.items() if cc == c and v == "vanilla"),
                  default=None) for c in columns}
-  lines = ["| sampler | " + " | ".join(f"NFE ≈ {c}" for c in columns) + " |",
-           "|---|" + "---:|" * len(columns)]
+  header = "| sampler | " + " | ".join(f"NFE ≈ {c}" for c in columns) + " |"
+  rule = "|---|" + "---|" * len(columns)
+  ranking, effects = [header, rule], [header.replace("| sampler |", "| variant |"), rule]
   for method in result["methods"]:
     for variant in VARIANTS:
       if not any(k[0] == method and k[1] == variant for k in cells):
         continue
-      row = []
+      row, effect = [], []
       for c in columns:
         e = cells.get((method, variant, c))
-        if e is None:
+        if e is None or field not in e:
           row.append("")
+          effect.append("")
           continue
-        text = f"{e['frechet_distance']:.1f} ± {e['frechet_distance_std']:.1f}"
-        row.append(f"**{text}**" if e["frechet_distance"] == best[c] else text)
+        samples = e.get("num_samples", 0)
+        text = _value(e, field, digits)
+        if variant == "vanilla" and e[field] == best[c]:
+          text = f"**{text}**"
+        if method == BASELINE and variant == "vanilla":
+          text += " (baseline)"
+        versus = compared.get(("sampler", method, variant, c, samples))
+        if versus and field in versus:
+          text += "; " + _difference_text(versus, field, digits)
+        if samples and samples != result.get("num_samples"):
+          text += f" [N = {samples}]"
+        row.append(text)
+        own = compared.get(("tdas" if variant == "tdas" else "pds", method, variant, c, samples))
+        effect.append(_difference_text(own, field, digits) if own and field in own else "")
       name = LABELS[method] + VARIANT_LABELS[variant]
-      lines.append(f"| {name} | " + " | ".join(row) + " |")
-  floor = result["real_floor"]
-  lines.append(f"| real digits (floor) | {floor['frechet_distance']:.1f} ± "
-               f"{floor['frechet_distance_std']:.1f} |" + " |" * (len(columns) - 1))
-  return "\n".join(lines)
+      ranking.append(f"| {name} | " + " | ".join(row) + " |")
+      if any(effect):
+        what = "TDAS − vanilla" if variant == "tdas" else "PDS − TDAS"
+        effects.append(f"| {LABELS[method]}: {what} | " + " | ".join(effect) + " |")
+  for size, floor in sorted(_floors(result).items(), key=lambda item: int(item[0])):
+    if field in floor:
+      interval = paired_stats.t_interval(list(floor[field + "_per_seed"].values()))
+      ranking.append(f"| real digits, N = {size} (floor) | "
+                     f"{paired_stats.format_value(interval, digits)} |" + " |" * (len(columns) - 1))
+  return "\n".join(ranking) + ("\n\n" + "\n".join(effects) if len(effects) > 2 else "")
 
 
 def plot(result, path: str) -> None:
+  """Fréchet distance against NFE, a line per method and variant, with the 95 % intervals over
+  seeds as error bars (the largest sample count of each point), and the real-data floors."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -207,23 +341,32 @@ def plot(result, path: str) -> None:
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for k, method in enumerate(result["methods"]):
     for variant, style in (("vanilla", "o-"), ("tdas", "s--"), ("pds", "^:")):
-      entries = sorted((e for e in result["table"] if e["method"] == method
-                        and e["variant"] == variant), key=lambda e: e["nfe"])
+      points = {}
+      for e in sorted(result["table"], key=lambda e: e.get("num_samples", 0)):
+        if e["method"] == method and e["variant"] == variant:
+          points[e["nfe"]] = e
+      entries = [points[n] for n in sorted(points)]
       if not entries:
         continue
-      axis.errorbar([e["nfe"] for e in entries], [e["frechet_distance"] for e in entries],
-                    yerr=[e["frechet_distance_std"] for e in entries], fmt=style, capsize=3,
-                    color=colors[k % len(colors)],
+      means = np.array([e["frechet_distance"] for e in entries])
+      below = means - np.array([e.get("frechet_distance_low", m) for e, m in zip(entries, means)])
+      above = np.array([e.get("frechet_distance_high", m) for e, m in zip(entries, means)]) - means
+      axis.errorbar([e["nfe"] for e in entries], means,
+                    yerr=np.nan_to_num(np.stack([below, above]), posinf=0.0), fmt=style,
+                    capsize=3, color=colors[k % len(colors)],
                     label=LABELS[method] + VARIANT_LABELS[variant])
-  axis.axhline(result["real_floor"]["frechet_distance"], color="gray", ls=":",
-               label="real digits (floor)")
+  for size, floor in _floors(result).items():
+    axis.axhline(floor["frechet_distance"], color="gray", ls=":", lw=1)
+    axis.annotate(f"real digits, N = {size}", (axis.get_xlim()[0], floor["frechet_distance"]),
+                  fontsize=7, color="gray", va="bottom")
   axis.set_xscale("log")
   axis.set_yscale("log")
   axis.set_xlabel("NFE")
   axis.set_ylabel("Fréchet distance (digits classifier features)")
   axis.grid(True, which="both", alpha=0.3)
   axis.legend(fontsize=7)
-  axis.set_title(f"digits NCSN++ (VE), {result['num_samples']} samples x {result['seeds']} seeds")
+  axis.set_title(f"digits NCSN++ (VE), up to {result['num_samples']} samples × "
+                 f"{result['seeds']} seeds; bars: 95 % intervals")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -273,6 +416,8 @@ def main(argv):
   plot(result, stem + ".png")
   save_grids(stem + "_grids.png", previews, result["methods"], sorted(budgets + pc_budgets))
   print(table_text(result, result["budgets"]))
+  print()
+  print(table_text(result, result["budgets"], "kernel_distance", 2))
 
 
 if __name__ == "__main__":

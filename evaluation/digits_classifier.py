@@ -135,6 +135,10 @@ class DigitsQuality:
     reference, _ = digits_split(evaluation=True)
     _, features = logits_and_features(variables, reference)
     self.reference_mu, self.reference_sigma = metrics.mean_and_covariance(features)
+    # KID's kernel (x·y / D + 1)³ was made for Inception features of order 1; these features are
+    # larger, so both sets are divided by one scale fixed by the reference: its RMS entry.
+    self.kernel_scale = float(np.sqrt(np.mean(np.square(features, dtype=np.float64))))
+    self.reference_features = features / self.kernel_scale
 
   def __call__(self, images) -> Dict[str, object]:
     """images: (N, 16, 16, 1) in [0, 1] (clipped here). Returns the JSON-ready measures."""
@@ -144,6 +148,9 @@ class DigitsQuality:
         frechet_distance=self._metrics.frechet_distance(
             *self._metrics.mean_and_covariance(features), self.reference_mu,
             self.reference_sigma),
+        # KID (×10³, the usual scale): unbiased at any N, so sets of different sizes compare.
+        kernel_distance=1e3 * self._metrics.unbiased_mmd2(self.reference_features,
+                                                           features / self.kernel_scale),
         label_entropy=float(special.entr(p.mean(axis=0)).sum()),
         mean_image_entropy=float(special.entr(p).sum(axis=1).mean()),
         label_histogram=np.bincount(np.argmax(logits, axis=1), minlength=NUM_CLASSES).tolist())

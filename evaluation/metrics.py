@@ -123,6 +123,18 @@ def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
   return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
+def unbiased_mmd2(real, fake) -> float:
+  """The unbiased MMD² between whole feature sets (N_real, D) and (N_fake, D), sizes n and m,
+  with KID's kernel k(x, y) = (x·y / D + 1)³:
+  Σ_{i≠j} k(x_i, x_j) / (n (n − 1)) + Σ_{i≠j} k(y_i, y_j) / (m (m − 1)) − 2 Σ_{i,j} k(x_i, y_j) / (n m).
+  """
+  x, y = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+  n, m = x.shape[0], y.shape[0]
+  kxx, kyy, kxy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
+  return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy))
+               / (m * (m - 1)) - 2.0 * kxy.sum() / (n * m))
+
+
 def kernel_inception_distance(real, fake, num_subsets: int = 100, max_subset_size: int = 1000,
                               seed: int = 0) -> Dict[str, float]:
   """KID: unbiased MMD² between feature sets with k(x, y) = (x·y / D + 1)³, over subsets.
@@ -152,9 +164,7 @@ def kernel_inception_distance(real, fake, num_subsets: int = 100, max_subset_siz
   for s in range(int(num_subsets)):
     x = real[rng.choice(real.shape[0], m, replace=False)]
     y = fake[rng.choice(fake.shape[0], m, replace=False)]
-    kxx, kyy, kxy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
-    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    estimates[s] = within - 2.0 * kxy.sum() / (m * m)
+    estimates[s] = unbiased_mmd2(x, y)
   return dict(mean=float(estimates.mean()), std=float(estimates.std()), subset_size=m,
               num_subsets=int(num_subsets))
 

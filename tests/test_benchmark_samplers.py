@@ -12,48 +12,85 @@ def test_steps_spend_at_most_the_budget():
   assert steps_for("dpmpp_2m_sde", 20) == 20
 
 
-def test_summary_and_table_rank_the_methods_per_budget():
+def _rows(cells, seeds=(0, 1, 2), num_samples=250):
+  """Rows of {(method, variant, nfe): (base, per-seed offsets)} in the benchmark's shape."""
   rows = []
-  for method, base in (("pc", 900.0), ("heun", 60.0), ("dpmpp_2m_sde", 35.0)):
-    for variant in ("vanilla", "tdas"):
-      for seed in (0, 1):
-        nfe = 19 if method == "heun" else 20
-        rows.append(dict(method=method, variant=variant, steps=10, nfe=nfe, seed=seed,
-                         frechet_distance=base + seed + (5 if variant == "tdas" else 0),
-                         frequency_deviation=0.1, label_entropy=2.2, seconds=1.0))
+  for (method, variant, nfe), (base, offsets) in cells.items():
+    for seed in seeds:
+      rows.append(dict(method=method, variant=variant, steps=nfe, nfe=nfe, seed=seed,
+                       num_samples=num_samples, frechet_distance=base + offsets[seed],
+                       kernel_distance=(base + offsets[seed]) / 10, frequency_deviation=0.1,
+                       label_entropy=2.2, seconds=1.0))
+  return rows
+
+
+def test_summary_comparisons_and_table_rank_the_methods_per_budget():
+  luck = [0.0, 9.0, -6.0]  # each seed's shared luck: common random numbers
+  rows = _rows({
+      ("pc", "vanilla", 20): (900.0, luck),
+      ("pc", "tdas", 20): (300.0, [l + d for l, d in zip(luck, [0.0, 1.0, -1.0])]),
+      ("heun", "vanilla", 19): (60.0, [l + d for l, d in zip(luck, [0.1, -0.1, 0.0])]),
+      ("heun", "tdas", 19): (60.0, [l + d for l, d in zip(luck, [0.5, -0.5, 0.0])]),
+      ("dpmpp_2m_sde", "vanilla", 20): (35.0, luck)})
   table = samplers.summarise(rows)
   heun = next(e for e in table if e["method"] == "heun" and e["variant"] == "vanilla")
-  assert heun["nfe"] == 19 and heun["frechet_distance"] == 60.5
-  result = dict(methods=["pc", "heun", "dpmpp_2m_sde"], table=table,
-                real_floor=dict(frechet_distance=24.8, frechet_distance_std=1.1))
+  assert heun["nfe"] == 19 and heun["frechet_distance"] == pytest.approx(61.0)
+  assert heun["frechet_distance_per_seed"] == {"0": 60.1, "1": 68.9, "2": 54.0}
+  assert heun["frechet_distance_low"] < 50 and heun["frechet_distance_high"] > 70  # seed spread
+  found = samplers.comparisons(rows, [20])
+  heun_vs_best = next(c for c in found if c["kind"] == "sampler" and c["method"] == "heun"
+                      and c["variant"] == "vanilla")
+  # Paired on the seeds, the shared luck cancels: 25 ± a little is 'worse' despite the spread.
+  assert heun_vs_best["frechet_distance"]["mean"] == pytest.approx(25.0)
+  assert heun_vs_best["frechet_distance"]["verdict"] == "worse"
+  assert heun_vs_best["kernel_distance"]["verdict"] == "worse"
+  heun_tdas = next(c for c in found if c["kind"] == "tdas" and c["method"] == "heun")
+  assert heun_tdas["frechet_distance"]["verdict"] == "no difference measured"
+  pc_tdas = next(c for c in found if c["kind"] == "tdas" and c["method"] == "pc")
+  assert pc_tdas["frechet_distance"]["verdict"] == "better"
+  assert not any(c["method"] == "dpmpp_2m_sde" and c["variant"] == "vanilla" for c in found)
+  result = dict(methods=["pc", "heun", "dpmpp_2m_sde"], table=table, comparisons=found,
+                num_samples=250, real_floor={"250": dict(
+                    frechet_distance=24.8, frechet_distance_per_seed={"0": 24.0, "1": 25.6},
+                    kernel_distance=1.0, kernel_distance_per_seed={"0": 1.0, "1": 1.0})})
   text = samplers.table_text(result, [20])
-  assert "| Heun | 60.5 ± 0.7 |" in text  # 19 NFE sits in the 20 column
-  assert "| DPM-Solver++(2M) SDE | **35.5 ± 0.7** |" in text  # the best of the column
-  assert "| real digits (floor) | 24.8 ± 1.1 |" in text
+  assert "| Heun | 61.0 ± 18.6; +25.0 [+24.8, +25.2] worse |" in text  # 19 NFE: the 20 column
+  assert "| DPM-Solver++(2M) SDE | **36.0 ± 18.8** (baseline) |" in text  # best vanilla
+  assert "| Heun: TDAS − vanilla | +0.0 [-1.0, +1.0] no difference measured (detectable 1.2) |" \
+      in text
+  assert "| PC (reverse diffusion + Langevin): TDAS − vanilla | -600.0 [-602.5, -597.5] better |" \
+      in text
+  assert "| real digits, N = 250 (floor) | 24.8 ± 10.2 |" in text
+  assert "| DPM-Solver++(2M) SDE | **3.60 ± 1.88** (baseline) |" in samplers.table_text(
+      result, [20], "kernel_distance", 2)
 
 
-def test_merge_adds_an_earlier_runs_rows_and_budgets():
-  def row(method, variant, nfe, seed, fd):
-    return dict(method=method, variant=variant, steps=nfe, nfe=nfe, seed=seed,
-                frechet_distance=fd, frequency_deviation=0.1, label_entropy=2.2, seconds=1.0)
-  earlier_rows = [row("euler", "vanilla", 20, s, 60.0 + s) for s in (0, 1)] + [
-      row("heun", "vanilla", 19, s, 50.0) for s in (0, 1)] + [
-      row("euler", "tdas", 10, 0, 99.0)]
-  earlier = dict(config="c", num_samples=250, methods=["euler", "heun"], seeds=2, budgets=[20],
-                 calibrations={"euler_20": 1}, real_floor=dict(frechet_distance=24.8),
-                 rows=earlier_rows, table=samplers.summarise(earlier_rows))
-  new_rows = [row("euler", "tdas", 10, s, 70.0 + s) for s in (0, 1)]
-  result = dict(config="c", num_samples=250, methods=["euler"], seeds=2, budgets=[10],
-                calibrations={"euler_10": 2}, real_floor={}, rows=new_rows,
-                table=samplers.summarise(new_rows))
+def test_merge_keeps_rows_of_every_sample_count_and_pairs_within_one():
+  earlier_rows = (_rows({("euler", "vanilla", 20): (60.0, [0.0, 1.0, 2.0]),
+                         ("dpmpp_2m_sde", "vanilla", 20): (35.0, [0.0, 1.0, 2.0])})
+                  + _rows({("euler", "tdas", 10): (99.0, [0.0, 0.0, 0.0])}, seeds=(0,)))
+  earlier = dict(config="c", num_samples=250, methods=["euler", "dpmpp_2m_sde"], seeds=3,
+                 budgets=[20], calibrations={"euler_20": 1},
+                 real_floor=dict(frechet_distance=24.8, num_samples=250), rows=earlier_rows)
+  new_rows = (_rows({("euler", "tdas", 10): (70.0, [0.0, 1.0, 2.0])}, seeds=(0, 1))
+              + _rows({("dpmpp_2m_sde", "vanilla", 20): (33.0, [0.0, 0.5, 1.0])},
+                      num_samples=1000))
+  result = dict(config="c", num_samples=1000, methods=["euler", "dpmpp_2m_sde"], seeds=3,
+                budgets=[10], calibrations={"euler_10": 2},
+                real_floor={"1000": dict(frechet_distance=20.0)}, rows=new_rows)
   merged = samplers.merge(earlier, result)
-  assert merged["budgets"] == [10, 20]
-  assert merged["methods"] == ["euler", "heun"] and len(merged["rows"]) == 6
+  assert merged["budgets"] == [10, 20] and merged["num_samples"] == 1000
+  assert merged["methods"] == ["euler", "dpmpp_2m_sde"] and len(merged["rows"]) == 11
   tdas = next(e for e in merged["table"] if e["variant"] == "tdas")
   assert tdas["frechet_distance"] == 70.5  # this run's seed-0 row replaced the earlier one
   assert merged["calibrations"] == {"euler_20": 1, "euler_10": 2}
-  result["num_samples"] = 100
-  with pytest.raises(ValueError, match="num_samples"):
+  assert set(merged["real_floor"]) == {"250", "1000"}
+  versus = [c for c in merged["comparisons"] if c["kind"] == "sampler"]
+  # Euler (250 samples) pairs with the 250-sample baseline, not the 1000-sample one.
+  assert [(c["method"], c["num_samples"]) for c in versus] == [("euler", 250)]
+  assert versus[0]["frechet_distance"]["mean"] == pytest.approx(25.0)
+  result["config"] = "other"
+  with pytest.raises(ValueError, match="another config"):
     samplers.merge(earlier, result)
   del earlier["budgets"]
   with pytest.raises(ValueError, match="no `budgets`"):

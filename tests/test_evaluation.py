@@ -478,6 +478,21 @@ def test_kid_is_unbiased_and_detects_a_shift():
   assert one["mean"] == pytest.approx(expected, rel=1e-10)
 
 
+def test_whole_set_mmd_is_unbiased_at_unequal_sizes():
+  """The digits benchmark's KID compares 1000 samples with 300 references: the estimator must
+  average to zero for one distribution whatever the two sizes, and see a shift."""
+  rng = np.random.default_rng(7)
+  estimates = [metrics.unbiased_mmd2(rng.standard_normal((30, 8)), rng.standard_normal((90, 8)))
+               for _ in range(400)]
+  assert abs(np.mean(estimates)) < 3 * np.std(estimates) / np.sqrt(400)
+  real, fake = rng.standard_normal((30, 8)), rng.standard_normal((90, 8)) + 0.5
+  k = lambda u, v: (u @ v.T / 8 + 1) ** 3  # pylint: disable=unnecessary-lambda-assignment
+  expected = ((k(real, real).sum() - np.trace(k(real, real))) / (30 * 29)
+              + (k(fake, fake).sum() - np.trace(k(fake, fake))) / (90 * 89)
+              - 2 * k(real, fake).sum() / (30 * 90))
+  assert metrics.unbiased_mmd2(real, fake) == pytest.approx(expected, rel=1e-10)
+  assert metrics.unbiased_mmd2(real, fake) > 10 * np.std(estimates)
+
 def test_inception_score_limits():
   uniform = metrics.inception_score(np.zeros((100, 1008)))
   assert uniform["mean"] == pytest.approx(1.0, abs=1e-12) and uniform["std"] < 1e-12
