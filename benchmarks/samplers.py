@@ -23,6 +23,8 @@ import checkpoints
 from atomic_io import atomic_savez, atomic_write_text
 from benchmarks import learned_tdas
 from benchmarks import paired_stats
+from benchmarks import ranking
+from benchmarks.ranking import VARIANTS, VARIANT_LABELS, MEASURES, nfe_column
 from benchmarks.sampler_budgets import LABELS, METHODS, configure, steps_for
 from configs.demo import digits_ncsnpp
 from evaluation import digits_classifier
@@ -32,8 +34,6 @@ from tdas import settings as tdas_settings
 from tools import pds_masks as tools_pds_masks
 from errors import UserError
 
-VARIANTS = ("vanilla", "tdas", "pds")
-VARIANT_LABELS = {"vanilla": "", "tdas": ", TDAS (calibrated)", "pds": ", PDS (its masks)"}
 
 # --out, --workdir (the calibrations go in one folder a method below it), --num_samples, --seeds,
 # --calibration_samples and --bins are `benchmarks.learned_tdas`'s flags, shared.
@@ -51,9 +51,10 @@ def define_flags():
                     "200 training digits, alpha 5, preconditioned drift).")
   flags.DEFINE_list("variants", list(VARIANTS), "Which variants run (e.g. `tdas` alone, to add "
                     "budgets to an earlier run with --merge).")
-  flags.DEFINE_string("merge", "", "An earlier run's JSON: its rows are kept wherever this run has "
-                      "no row of the same method, variant, NFE and seed, and the table and plot "
-                      "cover both. The sample grids show this run only.")
+  flags.DEFINE_list("merge", [], "Earlier runs' JSON files: their rows are kept wherever this "
+                    "run (or a file before them in the list) has no row of the same method, "
+                    "variant, NFE, seed and sample count, and the tables and plot cover all. The "
+                    "sample grids show this run only.")
 
 
 FLAGS = flags.FLAGS
@@ -120,87 +121,20 @@ def run(workdir, methods, budgets, pc_budgets, tdas_budgets, num_samples, seeds,
                        row["frequency_deviation"])
           if seed == 0:
             previews[(method, variant, nfe)] = to_uint8(x[:16], base.data.centered)
-  return dict(config="configs/demo/digits_ncsnpp.py", checkpoint=source,
-              full_steps=int(base.model.num_scales), methods=list(methods), num_samples=num_samples,
-              seeds=seeds, calibration_samples=calibration_samples, calibrations=calibrations,
-              real_floor=real_floors(measure, [num_samples], seeds),
-              device=str(jax.devices()[0].device_kind), rows=rows,
-              table=summarise(rows),
-              comparisons=comparisons(rows, sorted(set(budgets) | set(pc_budgets)))), previews
-
-
-BASELINE = "dpmpp_2m_sde"  # the vanilla method every other is paired against
-MEASURES = ("frechet_distance", "kernel_distance")
-
-
-def _cell_key(row):
-  return (row["method"], row["variant"], row["nfe"], row.get("num_samples", 0))
-
-
-def _per_seed(rows, key, field) -> dict:
-  return {r["seed"]: r[field] for r in rows if _cell_key(r) == key and field in r}
-
-
-def summarise(rows):
-  """Per (method, variant, NFE, samples): the mean with its 95 % t interval over seeds (`_low`,
-  `_high`), the std, and the per-seed values."""
-  table = []
-  for key in sorted({_cell_key(r) for r in rows},
-                    key=lambda k: (METHODS.index(k[0]), k[1], k[2], k[3])):
-    chosen = [r for r in rows if _cell_key(r) == key]
-    entry = dict(method=key[0], variant=key[1], nfe=key[2], num_samples=key[3],
-                 steps=chosen[0]["steps"], seeds=sorted(r["seed"] for r in chosen))
-    for field in MEASURES + ("frequency_deviation", "label_entropy", "seconds"):
-      values = [r[field] for r in chosen if field in r]
-      if not values:
-        continue
-      interval = paired_stats.t_interval(values)
-      entry[field] = interval.mean
-      entry[field + "_std"] = 0.0 if interval.n < 2 else interval.std
-      entry[field + "_low"], entry[field + "_high"] = interval.low, interval.high
-      if field in MEASURES:
-        entry[field + "_per_seed"] = {str(r["seed"]): r[field] for r in chosen if field in r}
-    table.append(entry)
-  return table
-
-
-def comparisons(rows, budgets) -> list:
-  """The paired differences the benchmark reports, each on the seeds both sides share at the same
-  sample count and NFE column: every variant against vanilla DPM-Solver++(2M) SDE ('sampler'),
-  TDAS against the same method's vanilla ('tdas'), PDS against TDAS on PC ('pds')."""
-  cells = {_cell_key(r): r for r in rows}
-  columns = sorted(set(budgets) | {nfe_column(k[2], budgets) for k in cells})
-  by_column = {}
-  for key in cells:
-    by_column.setdefault((key[0], key[1], nfe_column(key[2], columns), key[3]), key)
-  found = []
-  for (method, variant, column, num_samples), key in sorted(
-      by_column.items(), key=lambda item: (item[0][2], item[0][3], METHODS.index(item[0][0]))):
-    against = [("sampler", (BASELINE, "vanilla", column, num_samples))]
-    if variant == "tdas":
-      against.append(("tdas", (method, "vanilla", column, num_samples)))
-    if variant == "pds":
-      against.append(("pds", (method, "tdas", column, num_samples)))
-    for kind, other in against:
-      if other not in by_column or by_column[other] == key:
-        continue
-      entry = dict(kind=kind, method=method, variant=variant, nfe_column=column,
-                   num_samples=num_samples, against=dict(method=other[0], variant=other[1]))
-      for field in MEASURES:
-        mine, theirs = _per_seed(rows, key, field), _per_seed(rows, by_column[other], field)
-        if not set(mine) & set(theirs):
-          continue
-        difference = paired_stats.paired_difference(mine, theirs)
-        entry[field] = dict(difference.to_json(), verdict=paired_stats.verdict(difference))
-      if "frechet_distance" in entry:
-        found.append(entry)
-  return found
+  result = dict(config="configs/demo/digits_ncsnpp.py", checkpoint=source,
+                full_steps=int(base.model.num_scales), methods=list(methods),
+                num_samples=num_samples, seeds=seeds, calibration_samples=calibration_samples,
+                calibrations=calibrations, real_floor=real_floors(measure, [num_samples], seeds),
+                device=str(jax.devices()[0].device_kind), rows=rows,
+                table=ranking.summarise(rows),
+                comparisons=ranking.comparisons(rows, sorted(set(budgets) | set(pc_budgets))))
+  return result, previews
 
 
 def merge(earlier: dict, result: dict) -> dict:
   """`result` with the rows of `earlier` that it has no row for (same method, variant, NFE, seed
   and sample count), its methods, calibrations and floors added, and the tables recomputed."""
-  key = lambda r: _cell_key(r) + (r["seed"],)
+  key = lambda r: ranking.cell_key(r) + (r["seed"],)
   if "budgets" not in earlier:
     raise UserError("--merge: the earlier run's JSON records no `budgets` (written by this "
                      "benchmark since --merge exists); rerun it.")
@@ -217,19 +151,11 @@ def merge(earlier: dict, result: dict) -> dict:
   merged["calibrations"] = {**earlier.get("calibrations", {}), **result["calibrations"]}
   merged["seeds"] = max(earlier["seeds"], result["seeds"])
   merged["num_samples"] = max(earlier["num_samples"], result["num_samples"])
-  merged["real_floor"] = {**_floors(earlier), **_floors(result)}
+  merged["real_floor"] = {**ranking.floors(earlier), **ranking.floors(result)}
   merged["budgets"] = sorted(set(earlier["budgets"]) | set(result["budgets"]))
-  merged["table"] = summarise(merged["rows"])
-  merged["comparisons"] = comparisons(merged["rows"], merged["budgets"])
+  merged["table"] = ranking.summarise(merged["rows"])
+  merged["comparisons"] = ranking.comparisons(merged["rows"], merged["budgets"])
   return merged
-
-
-def _floors(result) -> dict:
-  """{str(num_samples): floor}; runs before per-size floors held one floor of their num_samples."""
-  floor = result.get("real_floor", {})
-  if "frechet_distance" in floor:
-    return {str(floor.get("num_samples", result["num_samples"])): floor}
-  return dict(floor)
 
 
 def real_floors(measure, sizes, seeds) -> dict:
@@ -253,82 +179,6 @@ def real_floors(measure, sizes, seeds) -> dict:
                     field + "_per_seed": {str(r["seed"]): r[field] for r in rows}})
     floors[str(size)] = floor
   return floors
-
-
-def nfe_column(nfe: int, budgets) -> int:
-  """The budget column an NFE count belongs to (Heun's 2n − 1 goes with 2n)."""
-  return min(budgets, key=lambda b: abs(b - nfe))
-
-
-def _value(entry, field, digits) -> str:
-  return paired_stats.format_value(paired_stats.Interval(
-      entry[field], entry[field + "_low"], entry[field + "_high"], entry[field + "_std"],
-      len(entry["seeds"]), 0.0), digits)
-
-
-def _difference_text(comparison, field, digits) -> str:
-  difference = comparison[field]
-  interval = paired_stats.Interval(**{k: difference[k] for k in (
-      "mean", "low", "high", "std", "n", "detectable")})
-  text = f"{paired_stats.format_difference(interval, digits)} {difference['verdict']}"
-  if difference["verdict"] == paired_stats.NO_DIFFERENCE and interval.n > 1:
-    text += f" (detectable {interval.detectable:.{digits}f})"
-  return text
-
-
-def table_text(result, budgets, field: str = "frechet_distance", digits: int = 1) -> str:
-  """Two markdown tables of `field` (the Fréchet distance or KID × 10³). The ranking: each method
-  (rows) and NFE budget (columns) as mean ± the 95 % interval's half width over seeds, then its
-  paired difference to vanilla DPM-Solver++(2M) SDE on the same seeds, with the verdict; the
-  best vanilla mean per column in bold. Then TDAS against vanilla (and PDS against TDAS) per
-  method. Each cell uses the most samples a run drew for it."""
-  columns = sorted(set(budgets) | {nfe_column(e["nfe"], budgets) for e in result["table"]})
-  cells = {}
-  for e in sorted(result["table"], key=lambda e: e.get("num_samples", 0)):
-    cells[(e["method"], e["variant"], nfe_column(e["nfe"], columns))] = e
-  compared = {(c["kind"], c["method"], c["variant"], c["nfe_column"], c["num_samples"]): c
-              for c in result.get("comparisons", [])}
-  best = {c: min((e[field] for (m, v, cc), e in cells.items() if cc == c and v == "vanilla"),
-                 default=None) for c in columns}
-  header = "| sampler | " + " | ".join(f"NFE ≈ {c}" for c in columns) + " |"
-  rule = "|---|" + "---|" * len(columns)
-  ranking, effects = [header, rule], [header.replace("| sampler |", "| variant |"), rule]
-  for method in result["methods"]:
-    for variant in VARIANTS:
-      if not any(k[0] == method and k[1] == variant for k in cells):
-        continue
-      row, effect = [], []
-      for c in columns:
-        e = cells.get((method, variant, c))
-        if e is None or field not in e:
-          row.append("")
-          effect.append("")
-          continue
-        samples = e.get("num_samples", 0)
-        text = _value(e, field, digits)
-        if variant == "vanilla" and e[field] == best[c]:
-          text = f"**{text}**"
-        if method == BASELINE and variant == "vanilla":
-          text += " (baseline)"
-        versus = compared.get(("sampler", method, variant, c, samples))
-        if versus and field in versus:
-          text += "; " + _difference_text(versus, field, digits)
-        if samples and samples != result.get("num_samples"):
-          text += f" [N = {samples}]"
-        row.append(text)
-        own = compared.get(("tdas" if variant == "tdas" else "pds", method, variant, c, samples))
-        effect.append(_difference_text(own, field, digits) if own and field in own else "")
-      name = LABELS[method] + VARIANT_LABELS[variant]
-      ranking.append(f"| {name} | " + " | ".join(row) + " |")
-      if any(effect):
-        what = "TDAS − vanilla" if variant == "tdas" else "PDS − TDAS"
-        effects.append(f"| {LABELS[method]}: {what} | " + " | ".join(effect) + " |")
-  for size, floor in sorted(_floors(result).items(), key=lambda item: int(item[0])):
-    if field in floor:
-      interval = paired_stats.t_interval(list(floor[field + "_per_seed"].values()))
-      ranking.append(f"| real digits, N = {size} (floor) | "
-                     f"{paired_stats.format_value(interval, digits)} |" + " |" * (len(columns) - 1))
-  return "\n".join(ranking) + ("\n\n" + "\n".join(effects) if len(effects) > 2 else "")
 
 
 def plot(result, path: str) -> None:
@@ -355,7 +205,7 @@ def plot(result, path: str) -> None:
                     yerr=np.nan_to_num(np.stack([below, above]), posinf=0.0), fmt=style,
                     capsize=3, color=colors[k % len(colors)],
                     label=LABELS[method] + VARIANT_LABELS[variant])
-  for size, floor in _floors(result).items():
+  for size, floor in ranking.floors(result).items():
     axis.axhline(floor["frechet_distance"], color="gray", ls=":", lw=1)
     axis.annotate(f"real digits, N = {size}", (axis.get_xlim()[0], floor["frechet_distance"]),
                   fontsize=7, color="gray", va="bottom")
@@ -409,15 +259,15 @@ def main(argv):
                          FLAGS.calibration_samples, FLAGS.bins,
                          [int(n) for n in FLAGS.pds_nfe if n], tuple(FLAGS.variants))
   result["budgets"] = sorted(set(budgets + pc_budgets))
-  if FLAGS.merge:
-    with open(FLAGS.merge) as f:
+  for path in FLAGS.merge:
+    with open(path) as f:
       result = merge(json.load(f), result)
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2) + "\n")
   plot(result, stem + ".png")
   save_grids(stem + "_grids.png", previews, result["methods"], sorted(budgets + pc_budgets))
-  print(table_text(result, result["budgets"]))
+  print(ranking.table_text(result, result["budgets"]))
   print()
-  print(table_text(result, result["budgets"], "kernel_distance", 2))
+  print(ranking.table_text(result, result["budgets"], "kernel_distance", 2))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 sampling itself is the samplers' own tests and `benchmarks.learned_tdas`' end-to-end test)."""
 import pytest
 
+from benchmarks import ranking
 from benchmarks import samplers
 from benchmarks.sampler_budgets import steps_for
 
@@ -32,12 +33,12 @@ def test_summary_comparisons_and_table_rank_the_methods_per_budget():
       ("heun", "vanilla", 19): (60.0, [l + d for l, d in zip(luck, [0.1, -0.1, 0.0])]),
       ("heun", "tdas", 19): (60.0, [l + d for l, d in zip(luck, [0.5, -0.5, 0.0])]),
       ("dpmpp_2m_sde", "vanilla", 20): (35.0, luck)})
-  table = samplers.summarise(rows)
+  table = ranking.summarise(rows)
   heun = next(e for e in table if e["method"] == "heun" and e["variant"] == "vanilla")
   assert heun["nfe"] == 19 and heun["frechet_distance"] == pytest.approx(61.0)
   assert heun["frechet_distance_per_seed"] == {"0": 60.1, "1": 68.9, "2": 54.0}
   assert heun["frechet_distance_low"] < 50 and heun["frechet_distance_high"] > 70  # seed spread
-  found = samplers.comparisons(rows, [20])
+  found = ranking.comparisons(rows, [20])
   heun_vs_best = next(c for c in found if c["kind"] == "sampler" and c["method"] == "heun"
                       and c["variant"] == "vanilla")
   # Paired on the seeds, the shared luck cancels: 25 ± a little is 'worse' despite the spread.
@@ -53,7 +54,7 @@ def test_summary_comparisons_and_table_rank_the_methods_per_budget():
                 num_samples=250, real_floor={"250": dict(
                     frechet_distance=24.8, frechet_distance_per_seed={"0": 24.0, "1": 25.6},
                     kernel_distance=1.0, kernel_distance_per_seed={"0": 1.0, "1": 1.0})})
-  text = samplers.table_text(result, [20])
+  text = ranking.table_text(result, [20])
   assert "| Heun | 61.0 ± 18.6; +25.0 [+24.8, +25.2] worse |" in text  # 19 NFE: the 20 column
   assert "| DPM-Solver++(2M) SDE | **36.0 ± 18.8** (baseline) |" in text  # best vanilla
   assert "| Heun: TDAS − vanilla | +0.0 [-1.0, +1.0] no difference measured (detectable 1.2) |" \
@@ -61,7 +62,7 @@ def test_summary_comparisons_and_table_rank_the_methods_per_budget():
   assert "| PC (reverse diffusion + Langevin): TDAS − vanilla | -600.0 [-602.5, -597.5] better |" \
       in text
   assert "| real digits, N = 250 (floor) | 24.8 ± 10.2 |" in text
-  assert "| DPM-Solver++(2M) SDE | **3.60 ± 1.88** (baseline) |" in samplers.table_text(
+  assert "| DPM-Solver++(2M) SDE | **3.60 ± 1.88** (baseline) |" in ranking.table_text(
       result, [20], "kernel_distance", 2)
 
 
@@ -95,3 +96,25 @@ def test_merge_keeps_rows_of_every_sample_count_and_pairs_within_one():
   del earlier["budgets"]
   with pytest.raises(ValueError, match="no `budgets`"):
     samplers.merge(earlier, result)
+
+
+def test_analytic_tables_pair_w2_per_case_and_measure_the_excess_over_the_floor():
+  from benchmarks import samplers_analytic  # pylint: disable=g-import-not-at-top
+  rows = []
+  for seed, luck in enumerate([0.0, 0.004, -0.002]):
+    for method, variant, w2 in (("dpmpp_2m_sde", "vanilla", 0.030), ("heun", "vanilla", 0.060),
+                                ("heun", "tdas", 0.040)):
+      rows.append(dict(case="mean 0.5, exact score", method=method, variant=variant, steps=20,
+                       nfe=19 if method == "heun" else 20, seed=seed, num_samples=500,
+                       w2_floor=0.010 + luck / 4, w2=w2 + luck + 0.0001 * seed))
+  tables = samplers_analytic.tables(rows, [20], 500)
+  case = tables["mean 0.5, exact score"]
+  heun_tdas = next(c for c in case["comparisons"] if c["kind"] == "tdas")
+  assert heun_tdas["w2"]["mean"] == pytest.approx(-0.02) and heun_tdas["w2"]["verdict"] == "better"
+  best = next(e for e in case["table"] if e["method"] == "dpmpp_2m_sde")
+  assert best["excess_over_floor"]["mean"] == pytest.approx(0.0206)  # 0.02 + ¾ mean luck + …
+  assert best["excess_over_floor"]["low"] > 0  # the sampler's W2 is above the floor
+  text = samplers_analytic.table_text(dict(tables=tables, methods=["heun", "dpmpp_2m_sde"],
+                                           num_samples=500), [20])
+  assert "| Heun: TDAS − vanilla | -0.0200 [-0.0200, -0.0200] better |" in text
+  assert "| exact samples, N = 500 (floor) |" in text
