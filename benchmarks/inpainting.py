@@ -5,8 +5,10 @@
 The centre 8 × 8 of each of the 300 held-out 16 px digits is unknown; `--mode inpaint` fills
 it with the PC sampler at each budget, vanilla and with the demo's TDAS filter (calibrated for
 20 steps). The digits classifier then reads the results: its accuracy against the true labels,
-beside its accuracy on the originals and on the masked inputs (the floor). Prints a Markdown
-table; writes JSON.
+beside its accuracy on the originals and on the masked inputs (the floor). Both variants fill
+the same digits from the same seed, so TDAS − vanilla is paired per digit: a 95 % t interval
+over the 300 per-digit differences of correctness (`benchmarks.paired_stats`). Prints a
+Markdown table; writes JSON with every digit's correctness.
 """
 import json
 import os
@@ -16,6 +18,7 @@ from absl import app, flags
 import numpy as np
 
 import errors
+from benchmarks import paired_stats
 import controllable
 from atomic_io import atomic_savez, atomic_write_text
 from configs.demo import digits_ncsnpp
@@ -33,9 +36,14 @@ def define_flags():
 FLAGS = flags.FLAGS
 
 
-def accuracy(classifier, images_uint8, labels) -> float:
+def correct(classifier, images_uint8, labels) -> np.ndarray:
+  """(N,) 1 where the classifier reads the label, else 0."""
   logits, _ = digits_classifier.logits_and_features(classifier, images_uint8 / 255.0)
-  return float(np.mean(np.argmax(logits, axis=1) == labels))
+  return (np.argmax(logits, axis=1) == labels).astype(np.int64)
+
+
+def accuracy(classifier, images_uint8, labels) -> float:
+  return float(np.mean(correct(classifier, images_uint8, labels)))
 
 
 def run(steps_list, num_images, workdir):
@@ -57,8 +65,9 @@ def run(steps_list, num_images, workdir):
       summary = controllable.run(config, os.path.join(workdir, f"{variant}_{steps}"), "inpaint")
       with np.load(os.path.join(workdir, f"{variant}_{steps}", "inpaint", "results.npz")) as r:
         samples, inputs = r["samples"], r["inputs"]
+      per_digit = correct(classifier, samples, labels)
       rows.append(dict(steps=int(steps), nfe=summary["nfe"], variant=variant,
-                       accuracy=accuracy(classifier, samples, labels),
+                       accuracy=float(per_digit.mean()), correct=per_digit.tolist(),
                        seconds=summary["seconds"]))
   return dict(num_images=num_images, mask="center (8 x 8 of 16 x 16 unknown)",
               original_accuracy=accuracy(classifier, images, labels),
@@ -66,12 +75,19 @@ def run(steps_list, num_images, workdir):
 
 
 def table_text(result) -> str:
-  lines = ["| steps | NFE | vanilla accuracy | TDAS accuracy |", "|---|---|---|---|"]
+  """Accuracy per variant (± the 95 % interval's half width over digits) and TDAS − vanilla,
+  paired per digit, with its interval and verdict."""
+  lines = ["| PC steps | NFE | vanilla accuracy | TDAS accuracy | TDAS − vanilla, paired |",
+           "|---|---|---|---|---|"]
   by_key = {(r["steps"], r["variant"]): r for r in result["rows"]}
   for steps in sorted({r["steps"] for r in result["rows"]}):
-    lines.append(f"| {steps} | {by_key[(steps, 'vanilla')]['nfe']} | "
-                 f"{by_key[(steps, 'vanilla')]['accuracy']:.3f} | "
-                 f"{by_key[(steps, 'tdas')]['accuracy']:.3f} |")
+    vanilla, tdas = (dict(enumerate(by_key[(steps, v)]["correct"])) for v in ("vanilla", "tdas"))
+    difference = paired_stats.paired_difference(tdas, vanilla)
+    cells = [paired_stats.format_value(paired_stats.t_interval(list(v.values())), 3)
+             for v in (vanilla, tdas)]
+    lines.append(f"| {steps} | {by_key[(steps, 'vanilla')]['nfe']} | {cells[0]} | {cells[1]} | "
+                 f"{paired_stats.format_difference(difference, 3)} "
+                 f"{paired_stats.verdict(difference, lower_is_better=False)} |")
   lines.append(f"\nOriginals: {result['original_accuracy']:.3f}; masked inputs: "
                f"{result['masked_input_accuracy']:.3f}.")
   return "\n".join(lines)

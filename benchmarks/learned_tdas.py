@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 import errors
+from benchmarks import paired_stats
 import checkpoints
 import run_lib
 from atomic_io import atomic_savez, atomic_write_text
@@ -337,17 +338,29 @@ def plot(result, path: str) -> None:
 
 
 def table_text(result) -> str:
-  """The Markdown table the README shows."""
-  lines = ["| N' | NFE | method | Fréchet distance | freq. deviation | label entropy | seconds |",
-           "|---:|---:|---|---:|---:|---:|---:|"]
+  """The Markdown table the benchmarks' README shows: per budget and method, the Fréchet distance
+  (mean ± the 95 % interval's half width over seeds) and each TDAS variant's paired difference
+  to vanilla on the same seeds (`benchmarks.paired_stats`), with its verdict."""
+  lines = ["| N' | NFE | method | Fréchet distance | − vanilla, paired [95 % interval] | "
+           "freq. deviation | label entropy | seconds |",
+           "|---:|---:|---|---:|---|---:|---:|---:|"]
+  distance = {(r["method"], r["steps"], r["seed"]): r["frechet_distance"] for r in result["rows"]}
   for steps in result["budgets"]:
+    vanilla = {seed: d for (m, s, seed), d in distance.items() if m == "vanilla" and s == steps}
     for method in METHODS:
       e = next(e for e in result["table"] if e["method"] == method and e["steps"] == steps)
+      mine = {seed: d for (m, s, seed), d in distance.items() if m == method and s == steps}
+      value = paired_stats.format_value(paired_stats.t_interval(list(mine.values())), 2)
+      versus = ""
+      if method != "vanilla":
+        difference = paired_stats.paired_difference(mine, vanilla)
+        versus = ("the same samples" if difference.std == 0 and difference.mean == 0 else
+                  f"{paired_stats.format_difference(difference, 1)} "
+                  f"{paired_stats.verdict(difference)}")
       lines.append(
-          f"| {steps} | {e['nfe']} | {LABELS[method]} | {e['frechet_distance']:.2f} ± "
-          f"{e['frechet_distance_std']:.2f} | {e['frequency_deviation']:.3f} ± "
-          f"{e['frequency_deviation_std']:.3f} | {e['label_entropy']:.3f} | "
-          f"{e['seconds']:.1f} |")
+          f"| {steps} | {e['nfe']} | {LABELS[method]} | {value} | {versus} | "
+          f"{e['frequency_deviation']:.3f} ± {e['frequency_deviation_std']:.3f} | "
+          f"{e['label_entropy']:.3f} | {e['seconds']:.1f} |")
   return "\n".join(lines)
 
 

@@ -118,3 +118,14 @@ def test_analytic_tables_pair_w2_per_case_and_measure_the_excess_over_the_floor(
                                            num_samples=500), [20])
   assert "| Heun: TDAS − vanilla | -0.0200 [-0.0200, -0.0200] better |" in text
   assert "| exact samples, N = 500 (floor) |" in text
+
+
+def test_inpainting_table_pairs_the_variants_per_digit():
+  from benchmarks import inpainting  # pylint: disable=g-import-not-at-top
+  vanilla = [1] * 60 + [0] * 40
+  tdas = [1] * 60 + [1] * 20 + [0] * 20  # 20 digits more read correctly, none fewer
+  result = dict(original_accuracy=1.0, masked_input_accuracy=0.3, rows=[
+      dict(steps=20, nfe=40, variant="vanilla", accuracy=0.6, correct=vanilla),
+      dict(steps=20, nfe=40, variant="tdas", accuracy=0.8, correct=tdas)])
+  text = inpainting.table_text(result)
+  assert "| 20 | 40 | 0.600 ± 0.098 | 0.800 ± 0.080 | +0.200 [+0.120, +0.280] better |" in text
