@@ -8,10 +8,11 @@ Fréchet distance at 10 NFE moves by 20 points between seeds, while its differen
 ancestral stays between 15 and 25 points on each of three seeds.
 
 The interval is Student's t over the per-seed differences (a paired t interval), not a bootstrap:
-- the seed is the unit of replication (a sample-level bootstrap of a Fréchet distance resamples
-  duplicates, which bias it, and ignores that the samples of one seed share nothing but the model);
-- with 3–5 seeds a bootstrap over seeds has 10–126 distinct resamples, and its percentile interval
-  covers well under 95 % (simulated on normal data: 76 % at 3 seeds, 84 % at 5);
+- the seed is the unit of replication: the variants share a seed's random numbers, so seeds are
+  what pairs them (and a sample-level bootstrap of a Fréchet distance resamples duplicates,
+  which bias it);
+- with 3–5 seeds a bootstrap over seeds has 10–126 distinct resamples, and its percentile
+  interval covers well under 95 % (simulated on normal data: 76 % at 3 seeds, 84 % at 5);
 - a per-seed Fréchet distance or KID of hundreds of samples is a smooth statistic, close to normal
   across seeds, and then the t interval's coverage is exact (`tests/test_paired_stats.py` checks
   it on synthetic data, and that a known difference is found and a null one is not).
@@ -46,7 +47,8 @@ class Interval:
   detectable: float
 
   def to_json(self) -> Dict[str, float]:
-    return dataclasses.asdict(self)
+    """The fields, with null for the infinite or undefined ones of a single seed (strict JSON)."""
+    return {k: (v if math.isfinite(v) else None) for k, v in dataclasses.asdict(self).items()}
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
@@ -67,8 +69,8 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
 def detectable_difference(std: float, n: int, confidence: float = CONFIDENCE,
                           power: float = POWER) -> float:
   """The smallest true mean difference that a paired t test on n seeds, whose differences spread
-  by `std`, declares nonzero with probability `power`: (t_{1−α/2} + t_{power}) · std / √n, with
-  n − 1 degrees of freedom (the usual normal-approximation power formula with t quantiles)."""
+  by `std`, declares nonzero with probability `power`: (t_{1−α/2} + t_{power}) · std / √n,
+  with n − 1 degrees of freedom (the normal-approximation power formula with t quantiles)."""
   if n < 2:
     return math.inf
   return float((stats.t.ppf(0.5 + confidence / 2, n - 1) + stats.t.ppf(power, n - 1))

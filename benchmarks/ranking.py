@@ -42,7 +42,8 @@ def summarise(rows, measures=MEASURES, extras=EXTRAS):
       interval = paired_stats.t_interval(values)
       entry[field] = interval.mean
       entry[field + "_std"] = 0.0 if interval.n < 2 else interval.std
-      entry[field + "_low"], entry[field + "_high"] = interval.low, interval.high
+      entry[field + "_low"], entry[field + "_high"] = (
+          (interval.low, interval.high) if interval.n > 1 else (None, None))
       if field in measures:
         entry[field + "_per_seed"] = {str(r["seed"]): r[field] for r in chosen if field in r}
     table.append(entry)

@@ -114,7 +114,8 @@ def run(workdir, methods, budgets, pc_budgets, tdas_budgets, num_samples, seeds,
         for seed in range(seeds):
           x, nfe, seconds = learned_tdas.draw(sampler, variables, tdas, steps, seed)
           row = dict(method=method, variant=variant, steps=steps, nfe=nfe, seed=seed,
-                     num_samples=num_samples, seconds=seconds, **measure(to_data_scale(x, base.data.centered)))
+                     num_samples=num_samples, seconds=seconds,
+                     **measure(to_data_scale(x, base.data.centered)))
           rows.append(row)
           logging.info("%s %s %d steps (%d NFE) seed %d: FD %.2f, freq dev %.3f", method,
                        variant, steps, nfe, seed, row["frechet_distance"],
@@ -174,8 +175,9 @@ def real_floors(measure, sizes, seeds) -> dict:
     floor = dict(num_samples=size, seeds=seeds, disjoint_draws=min(seeds, disjoint))
     for field in MEASURES:
       interval = paired_stats.t_interval([r[field] for r in rows])
-      floor.update({field: interval.mean, field + "_low": interval.low,
-                    field + "_high": interval.high,
+      bounds = interval.to_json()
+      floor.update({field: interval.mean, field + "_low": bounds["low"],
+                    field + "_high": bounds["high"],
                     field + "_per_seed": {str(r["seed"]): r[field] for r in rows}})
     floors[str(size)] = floor
   return floors
@@ -199,8 +201,9 @@ def plot(result, path: str) -> None:
       if not entries:
         continue
       means = np.array([e["frechet_distance"] for e in entries])
-      below = means - np.array([e.get("frechet_distance_low", m) for e, m in zip(entries, means)])
-      above = np.array([e.get("frechet_distance_high", m) for e, m in zip(entries, means)]) - means
+      lows, highs = ([m if e.get(side) is None else e[side] for e, m in zip(entries, means)]
+                     for side in ("frechet_distance_low", "frechet_distance_high"))  # 1 seed: none
+      below, above = means - np.array(lows), np.array(highs) - means
       axis.errorbar([e["nfe"] for e in entries], means,
                     yerr=np.nan_to_num(np.stack([below, above]), posinf=0.0), fmt=style,
                     capsize=3, color=colors[k % len(colors)],

@@ -12,7 +12,8 @@ paper measured for NCSN++).
 For each case, method, NFE budget and seed it draws `--num_samples` samples and reports the
 per-dimension W2 to the target (`models.analytic.dct_diagonal_w2`; its floor is that of as many
 exact samples), with 95 % intervals over the seeds and differences paired on them: against
-DPM-Solver++(2M) SDE, and TDAS against vanilla (`benchmarks.ranking`). At the `--tdas_nfe` budgets TDAS is calibrated as `--mode calibrate` does, from
+DPM-Solver++(2M) SDE, and TDAS against vanilla (`benchmarks.ranking`). At the `--tdas_nfe`
+budgets TDAS is calibrated as `--mode calibrate` does, from
 the method's own samples: Dev = S(budget) / S(reference) with the reference at `--reference_nfe`
 (PC: the config's 2000 steps), zones fitted by least squares; then the method samples again with
 that filter. Writes JSON and prints the README's table.
@@ -56,8 +57,8 @@ def define_flags():
                        "seeds, and differences are paired on them (benchmarks.paired_stats).")
   flags.DEFINE_integer("calibration_samples", 256, "Samples per calibration set.")
   flags.DEFINE_list("mean_blind", ["pc"], "Methods run on the mean-0.5 targets only: at "
-                    "σ_max = 100 VE PC's W2 moves by < 1e-5 with the target's mean (measured), so their mean-0 "
-                    "rows would repeat the others.")
+                    "σ_max = 100 VE PC's W2 moves by < 1e-5 with the target's mean (measured), "
+                    "so their mean-0 rows would repeat the others.")
 
 
 FLAGS = flags.FLAGS
