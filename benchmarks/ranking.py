@@ -15,6 +15,7 @@ VARIANT_LABELS = {"vanilla": "", "tdas": ", TDAS (calibrated)", "pds": ", PDS (i
 BASELINE = "dpmpp_2m_sde"  # the vanilla method every other is paired against
 MEASURES = ("frechet_distance", "kernel_distance")  # the digits benchmark's paired measures
 EXTRAS = ("frequency_deviation", "label_entropy", "seconds")
+EFFECTS = {"tdas": "TDAS − vanilla", "pds": "PDS − TDAS", "pds_vanilla": "PDS − vanilla"}
 
 
 def cell_key(row):
@@ -53,7 +54,8 @@ def summarise(rows, measures=MEASURES, extras=EXTRAS):
 def comparisons(rows, budgets, measures=MEASURES) -> list:
   """The paired differences the benchmark reports, each on the seeds both sides share at the same
   sample count and NFE column: every variant against vanilla DPM-Solver++(2M) SDE ('sampler'),
-  TDAS against the same method's vanilla ('tdas'), PDS against TDAS on PC ('pds')."""
+  TDAS against the same method's vanilla ('tdas'), PDS against TDAS ('pds') and against vanilla
+  ('pds_vanilla') on PC."""
   cells = {cell_key(r): r for r in rows}
   columns = sorted(set(budgets) | {nfe_column(k[2], budgets) for k in cells})
   by_column = {}
@@ -66,7 +68,8 @@ def comparisons(rows, budgets, measures=MEASURES) -> list:
     if variant == "tdas":
       against.append(("tdas", (method, "vanilla", column, num_samples)))
     if variant == "pds":
-      against.append(("pds", (method, "tdas", column, num_samples)))
+      against += [("pds", (method, "tdas", column, num_samples)),
+                  ("pds_vanilla", (method, "vanilla", column, num_samples))]
     for kind, other in against:
       if other not in by_column or by_column[other] == key:
         continue
@@ -133,12 +136,14 @@ def table_text(result, budgets, field: str = "frechet_distance", digits: int = 1
     for variant in VARIANTS:
       if not any(k[0] == method and k[1] == variant for k in cells):
         continue
-      row, effect = [], []
+      row = []
+      effect = {kind: [] for kind in EFFECTS if kind.startswith(variant)}
       for c in columns:
         e = cells.get((method, variant, c))
         if e is None or field not in e:
           row.append("")
-          effect.append("")
+          for cells_of_kind in effect.values():
+            cells_of_kind.append("")
           continue
         samples = e.get("num_samples", 0)
         text = _value(e, field, digits)
@@ -152,13 +157,16 @@ def table_text(result, budgets, field: str = "frechet_distance", digits: int = 1
         if samples and samples != result.get("num_samples"):
           text += f" [N = {samples}]"
         row.append(text)
-        own = compared.get(("tdas" if variant == "tdas" else "pds", method, variant, c, samples))
-        effect.append(_difference_text(own, field, digits) if own and field in own else "")
+        for kind, cells_of_kind in effect.items():
+          own = compared.get((kind, method, variant, c, samples))
+          cells_of_kind.append(_difference_text(own, field, digits) if own and field in own
+                               else "")
       name = LABELS[method] + VARIANT_LABELS[variant]
       ranking.append(f"| {name} | " + " | ".join(row) + " |")
-      if any(effect):
-        what = "TDAS − vanilla" if variant == "tdas" else "PDS − TDAS"
-        effects.append(f"| {LABELS[method]}: {what} | " + " | ".join(effect) + " |")
+      for kind, cells_of_kind in effect.items():
+        if any(cells_of_kind):
+          effects.append(f"| {LABELS[method]}: {EFFECTS[kind]} | " + " | ".join(cells_of_kind)
+                         + " |")
   for size, floor in sorted(floors(result).items(), key=lambda item: int(item[0])):
     if field + "_per_seed" in floor:
       text = paired_stats.format_value(paired_stats.t_interval(

@@ -30,6 +30,7 @@ def test_summary_comparisons_and_table_rank_the_methods_per_budget():
   rows = _rows({
       ("pc", "vanilla", 20): (900.0, luck),
       ("pc", "tdas", 20): (300.0, [l + d for l, d in zip(luck, [0.0, 1.0, -1.0])]),
+      ("pc", "pds", 20): (700.0, luck),
       ("heun", "vanilla", 19): (60.0, [l + d for l, d in zip(luck, [0.1, -0.1, 0.0])]),
       ("heun", "tdas", 19): (60.0, [l + d for l, d in zip(luck, [0.5, -0.5, 0.0])]),
       ("dpmpp_2m_sde", "vanilla", 20): (35.0, luck)})
@@ -62,6 +63,9 @@ def test_summary_comparisons_and_table_rank_the_methods_per_budget():
   assert "| PC (reverse diffusion + Langevin): TDAS − vanilla | -600.0 [-602.5, -597.5] better |" \
       in text
   assert "| real digits, N = 250 (floor) | 24.8 ± 10.2 |" in text
+  assert "| PC (reverse diffusion + Langevin): PDS − vanilla | -200.0 [-200.0, -200.0] better |" \
+      in text
+  assert "| PC (reverse diffusion + Langevin): PDS − TDAS | +400.0 [+397.5, +402.5] worse |" in text
   assert "| DPM-Solver++(2M) SDE | **3.60 ± 1.88** (baseline) |" in ranking.table_text(
       result, [20], "kernel_distance", 2)
 
