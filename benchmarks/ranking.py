@@ -124,7 +124,8 @@ def table_text(result, budgets, field: str = "frechet_distance", digits: int = 1
   columns = sorted(set(budgets) | {nfe_column(e["nfe"], budgets) for e in result["table"]})
   cells = {}
   for e in sorted(result["table"], key=lambda e: e.get("num_samples", 0)):
-    cells[(e["method"], e["variant"], nfe_column(e["nfe"], columns))] = e
+    if field in e:  # rows of runs before a measure existed lack it
+      cells[(e["method"], e["variant"], nfe_column(e["nfe"], columns))] = e
   compared = {(c["kind"], c["method"], c["variant"], c["nfe_column"], c["num_samples"]): c
               for c in result.get("comparisons", [])}
   best = {c: min((e[field] for (m, v, cc), e in cells.items() if cc == c and v == "vanilla"),

@@ -94,6 +94,12 @@ def test_merge_keeps_rows_of_every_sample_count_and_pairs_within_one():
   # Euler (250 samples) pairs with the 250-sample baseline, not the 1000-sample one.
   assert [(c["method"], c["num_samples"]) for c in versus] == [("euler", 250)]
   assert versus[0]["frechet_distance"]["mean"] == pytest.approx(25.0)
+  for row in merged["rows"]:
+    if row["num_samples"] == 250:
+      del row["kernel_distance"]  # as in runs from before KID was measured
+  merged["table"] = ranking.summarise(merged["rows"])
+  kid = ranking.table_text(merged, merged["budgets"], "kernel_distance", 2)
+  assert "| DPM-Solver++(2M) SDE |  | **3.35 ± 0.12** (baseline) |" in kid and "Euler |" not in kid
   result["config"] = "other"
   with pytest.raises(ValueError, match="another config"):
     samplers.merge(earlier, result)
