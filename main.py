@@ -164,6 +164,8 @@ def main(argv):
     if error.errno not in _ENVIRONMENT_ERRNOS:
       raise
     sys.exit(f"Error: {environment_error_message(error, FLAGS.workdir)}")
+  finally:
+    tdas_settings.set_command_line_fields(None)  # the record is this run's only
 
 
 if __name__ == "__main__":

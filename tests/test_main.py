@@ -142,6 +142,9 @@ def test_user_and_environment_errors_end_in_one_line(parsed_flags, monkeypatch, 
   with pytest.raises(SystemExit) as exit_info:
     parsed_flags.main(["main.py"])
   assert str(exit_info.value.code).startswith(exit_message)
+  # The run's record of command-line fields ends with it (later calls from Python see none).
+  from tdas import settings  # pylint: disable=g-import-not-at-top
+  assert settings._command_line_fields is None  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("bug", [ValueError("a bug's ValueError"), KeyError("k"),
