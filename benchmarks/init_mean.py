@@ -83,12 +83,8 @@ def table_text(result):
     chosen = [r for r in result["rows"] if (r["method"], r["nfe"]) == (method, nfe)]
     standard, started = ({r["seed"]: r[name] for r in chosen}
                          for name in ("standard_prior", "init_mean"))
-    difference = paired_stats.paired_difference(started, standard)
-    values = [paired_stats.format_value(paired_stats.t_interval(list(v.values())), 4)
-              for v in (standard, started)]
-    lines.append(f"| {method} | {nfe} | {values[0]} | {values[1]} | "
-                 f"{paired_stats.format_difference(difference, 4)} "
-                 f"{paired_stats.verdict(difference)} |")
+    lines.append(f"| {method} | {nfe} | "
+                 + " | ".join(paired_stats.paired_cells(started, standard, 4)) + " |")
   floor = paired_stats.t_interval(result["w2_floor_per_seed"])
   lines.append(f"| exact samples (floor) | | {paired_stats.format_value(floor, 4)} | | |")
   return "\n".join(lines)

@@ -82,12 +82,8 @@ def table_text(result) -> str:
   by_key = {(r["steps"], r["variant"]): r for r in result["rows"]}
   for steps in sorted({r["steps"] for r in result["rows"]}):
     vanilla, tdas = (dict(enumerate(by_key[(steps, v)]["correct"])) for v in ("vanilla", "tdas"))
-    difference = paired_stats.paired_difference(tdas, vanilla)
-    cells = [paired_stats.format_value(paired_stats.t_interval(list(v.values())), 3)
-             for v in (vanilla, tdas)]
-    lines.append(f"| {steps} | {by_key[(steps, 'vanilla')]['nfe']} | {cells[0]} | {cells[1]} | "
-                 f"{paired_stats.format_difference(difference, 3)} "
-                 f"{paired_stats.verdict(difference, lower_is_better=False)} |")
+    cells = paired_stats.paired_cells(tdas, vanilla, 3, lower_is_better=False)
+    lines.append(f"| {steps} | {by_key[(steps, 'vanilla')]['nfe']} | " + " | ".join(cells) + " |")
   lines.append(f"\nOriginals: {result['original_accuracy']:.3f}; masked inputs: "
                f"{result['masked_input_accuracy']:.3f}.")
   return "\n".join(lines)

@@ -19,7 +19,7 @@ The interval is Student's t over the per-seed differences (a paired t interval),
 """
 import dataclasses
 import math
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
@@ -109,6 +109,16 @@ def format_difference(difference: Interval, digits: int = 1) -> str:
   """'+3.2 [+1.0, +5.4]': the mean difference and its interval."""
   return (f"{_signed(difference.mean, digits)} [{_signed(difference.low, digits)}, "
           f"{_signed(difference.high, digits)}]")
+
+
+def paired_cells(variant: Mapping[int, float], baseline: Mapping[int, float], digits: int,
+                 lower_is_better: bool = True) -> Tuple[str, str, str]:
+  """A table row's cells for variant against baseline ({unit: value}, paired on the units):
+  (baseline value, variant value, 'difference [interval] verdict')."""
+  difference = paired_difference(variant, baseline)
+  return (format_value(t_interval(list(baseline.values())), digits),
+          format_value(t_interval(list(variant.values())), digits),
+          f"{format_difference(difference, digits)} {verdict(difference, lower_is_better)}")
 
 
 def format_value(interval: Interval, digits: int = 1) -> str:
