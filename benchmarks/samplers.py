@@ -4,12 +4,15 @@ that sampler and budget.
     python -m benchmarks.samplers --out benchmarks/results/samplers.json --workdir runs/samplers
 
 For each method (`config.sampling.method`) and NFE budget it draws `--num_samples` digits per seed
-and measures them as `benchmarks.learned_tdas` does: the digits classifier's Fréchet distance to
-the held-out digits (with the real-data floor), the frequency deviation and the label entropy.
-At the `--tdas_nfe` budgets it also calibrates TDAS for that method (`--mode calibrate` with the
-method's own samples at the full N = model.num_scales steps and at the budget) and samples with
-the fitted filter. Writes the JSON, FILE.png (Fréchet distance against NFE, a line per method,
-dashed with TDAS) and FILE_grids.png, and prints the README's table.
+and measures them as `benchmarks.learned_tdas` does (the digits classifier's Fréchet distance and
+KID to the held-out digits, the frequency deviation and the label entropy), with the real-data
+floor at the same N. At the `--tdas_nfe` budgets it also calibrates TDAS for that method
+(`--mode calibrate` with the method's own samples at the full N = model.num_scales steps and at
+the budget) and samples with the fitted filter. Every variant draws from the same seeds, and
+`benchmarks.ranking` pairs them: each against vanilla DPM-Solver++(2M) SDE, TDAS against vanilla,
+PDS against TDAS and vanilla, with 95 % intervals and verdicts. Writes the JSON (every row per
+seed), FILE.png (Fréchet distance against NFE with the intervals, a line per method, dashed with
+TDAS) and FILE_grids.png, and prints the tables; `--merge` adds earlier runs' rows.
 """
 import json
 import os
