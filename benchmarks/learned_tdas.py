@@ -34,10 +34,10 @@ import jax
 import numpy as np
 
 import errors
-from benchmarks import paired_stats
 import checkpoints
 import run_lib
 from atomic_io import atomic_savez, atomic_write_text
+from benchmarks import paired_stats
 from configs.demo import digits_ncsnpp
 from evaluation import digits_classifier, metrics
 from images import image_grid, to_data_scale, to_uint8
@@ -350,13 +350,9 @@ def table_text(result) -> str:
     for method in METHODS:
       e = next(e for e in result["table"] if e["method"] == method and e["steps"] == steps)
       mine = {seed: d for (m, s, seed), d in distance.items() if m == method and s == steps}
-      value = paired_stats.format_value(paired_stats.t_interval(list(mine.values())), 2)
-      versus = ""
-      if method != "vanilla":
-        difference = paired_stats.paired_difference(mine, vanilla)
-        versus = ("the same samples" if difference.std == 0 and difference.mean == 0 else
-                  f"{paired_stats.format_difference(difference, 1)} "
-                  f"{paired_stats.verdict(difference)}")
+      _, value, versus = paired_stats.paired_cells(mine, vanilla, 2)
+      if method == "vanilla" or mine == vanilla:
+        versus = "" if method == "vanilla" else "the same samples"
       lines.append(
           f"| {steps} | {e['nfe']} | {LABELS[method]} | {value} | {versus} | "
           f"{e['frequency_deviation']:.3f} ± {e['frequency_deviation_std']:.3f} | "
