@@ -139,3 +139,32 @@ def test_inpainting_table_pairs_the_variants_per_digit():
       dict(steps=20, nfe=40, variant="tdas", accuracy=0.8, correct=tdas)])
   text = inpainting.table_text(result)
   assert "| 20 | 40 | 0.600 ± 0.098 | 0.800 ± 0.080 | +0.200 [+0.120, +0.280] better |" in text
+
+
+def test_analytic_tdas_tables_pair_tdas_with_vanilla_and_the_fits_with_the_first():
+  from benchmarks import analytic_tdas  # pylint: disable=g-import-not-at-top
+  rows = []
+  for seed, luck in enumerate([0.0, 0.004, -0.002]):
+    floor = 0.010 + luck / 4
+    for variant, fit, w2 in (("vanilla", None, 0.050), ("tdas", "zones", 0.020),
+                             ("tdas", "radial", 0.020 - 0.001 * seed)):
+      rows.append(dict(variant=variant, fit=fit, score_error=True, steps=25, nfe=50, seed=seed,
+                       num_samples=256, w2=w2 + luck, w2_floor=floor))
+  entries = analytic_tdas.tables(rows)
+  zones, radial = entries
+  assert zones["fit"] == "zones" and radial["fit"] == "radial"
+  assert zones["tdas_minus_vanilla"]["mean"] == pytest.approx(-0.03)
+  assert zones["tdas_minus_vanilla"]["verdict"] == "better"
+  # share of the excess removed, (v − t) / (v − floor) per seed: 0.03 / (0.04 + ¾ luck)
+  expected = sum(0.03 / (0.04 + 0.75 * luck) for luck in (0.0, 0.004, -0.002)) / 3
+  assert zones["excess_removed"]["mean"] == pytest.approx(expected)
+  assert "minus_zones" not in zones
+  assert radial["minus_zones"]["mean"] == pytest.approx(-0.001)
+  assert radial["minus_zones"]["verdict"] == "no difference measured"  # −0.001 ± 0.0025
+  filters = {"1/25": {"zones": dict(r1=0.0, r2=0.5, lambda1=0.9, lambda2=0.95),
+                      "radial": dict(radial_gains=[0.9, 1.0])}}
+  text = analytic_tdas.table(dict(tables=entries, filters=filters, num_samples=256))
+  assert ("| yes | 25 | 50 | 0.0507 ± 0.0076 | 0.0207 ± 0.0076 | -0.0300 [-0.0300, -0.0300] "
+          "better |") in text
+  assert "| 0.00, 0.50, 0.900, 0.950 |" in text
+  assert "| yes | 25 | `radial` |" in text and "(detectable" in text
