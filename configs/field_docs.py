@@ -70,6 +70,14 @@ FIELD_DOCS = {
         'PDS: precondition the PC drift and Langevin gradient by M Mᵀ',
     'sampling.tdas.{pds_space_mask,pds_freq_mask,pds_alpha}':
         "PDS's `.npy` masks (C, H, W) and their softening",
+    'sampling.guidance.labels':
+        ("class-conditional sampling: `''` off, one class (`7`), a list cycled over the batch "
+         '(`0,1,2`) or `uniform`'),
+    'sampling.guidance.scale':
+        'w of score + w ∇ₓ log p_t(y | x) (1 = score_sde; 0 = unguided)',
+    'sampling.guidance.{classifier,checkpoint}':
+        ("the noise-conditional classifier: `analytic` (the analytic mixture's exact posterior) "
+         'and its weights'),
     'sampling.speedup_rule':
         '`round` (N′ = round(N / k)) or `truncate` (int(N / k), as PDS)',
     'calibrate.num_samples':

@@ -49,6 +49,9 @@ _SAMPLING_DEFAULTS = dict(
                   clamp=True),
     # EDM's stochastic sampler (method edm, Karras et al. 2022 Algorithm 2).
     edm=dict(S_churn=0.0, S_tmin=0.0, S_tmax=float('inf'), S_noise=1.0),
+    # Class-conditional sampling (sampling/guidance.py): score + scale · ∇ log p_t(y | x) from a
+    # noise-conditional classifier; on when `labels` is set ('7', '0,1,2' or 'uniform').
+    guidance=dict(labels='', scale=1.0, classifier='', checkpoint=''),
     # Target Distribution Aware Sampling: coloured noise in space and frequency.
     tdas=dict(
         enabled=False,

@@ -22,6 +22,18 @@ the `.npz` named by `config.model.target_file` (keys `mean`, `dct_variance`, e.g
 `analytic_<dataset>_<size>.npz` that `--mode stats` fits to a data set), or else the power-law
 target (`power_law_target`); `variables_from_target(*fit_target(images))` builds it from data.
 
+Optional two-class mixture (`config.model.class_offset` = delta > 0): the target is
+½ N(mu - o, Sigma) + ½ N(mu + o, Sigma), classes 0 and 1, with the offset o = D⁻¹(delta sqrt(v))
+(delta target standard deviations in every DCT coefficient). Its noise-conditional posterior is
+logistic in x: with u = D(x - a mu), ô = D(o) and c = a² v + s²,
+
+    log p_t(y = 1 | x) - log p_t(y = 0 | x) = l = 2 a sum(ô u / c),
+    score(x, t) = -D⁻¹( (u - a ô tanh(l / 2)) / c ),
+
+so score + ∇ log p_t(y | x) is the score of N(a (mu ± o), a² Sigma + s² I): classifier guidance with
+scale 1 and the exact classifier (`AnalyticMixtureClassifier`) samples one class exactly. The
+variables then also hold `class_offset` (H, W, C).
+
 Optional score error (docs/numerics.md §7, `config.model.score_error`): below the noise level
 `score_error_sigma_c` the score's DCT coefficients are multiplied by gamma = 1 - e·rho^p, rho the
 normalised DCT radius — a model that under-corrects high frequencies at low noise (e > 0) or
@@ -65,7 +77,9 @@ MODEL_FIELD_DEFAULTS = dict(
     score_error_e=0.2,
     score_error_p=1.0,
     score_error_sigma_c=0.27,
+    class_offset=0.0,
 )
+CLASS_NAMES = ('mean - offset', 'mean + offset')  # the mixture's classes 0 and 1
 
 
 def _field(config, name):
@@ -141,14 +155,49 @@ def _dct_np(x):
 # Targets.
 
 
-def variables_from_target(mean, dct_variance) -> Dict[str, Dict[str, jnp.ndarray]]:
-  """Model variables `{'target': {'mean', 'dct_variance'}}` from arrays (H, W, C) each."""
+def variables_from_target(mean, dct_variance,
+                          class_offset=None) -> Dict[str, Dict[str, jnp.ndarray]]:
+  """Model variables `{'target': {'mean', 'dct_variance'[, 'class_offset']}}` from arrays
+  (H, W, C) each; `class_offset` makes the target the two-class mixture (module docstring)."""
   mean = jnp.asarray(mean, jnp.float32)
   dct_variance = jnp.asarray(dct_variance, jnp.float32)
   if mean.ndim != 3 or mean.shape != dct_variance.shape:
     raise ValueError('The target mean and dct_variance must both be (H, W, C) arrays; got '
                      f'{mean.shape} and {dct_variance.shape}.')
-  return {TARGET_COLLECTION: {'mean': mean, 'dct_variance': dct_variance}}
+  target = {'mean': mean, 'dct_variance': dct_variance}
+  if class_offset is not None:
+    target['class_offset'] = jnp.asarray(class_offset, jnp.float32).reshape(mean.shape)
+  return {TARGET_COLLECTION: target}
+
+
+def class_offset_image(dct_variance, delta: float) -> np.ndarray:
+  """The mixture's offset o = D⁻¹(delta sqrt(v)) (H, W, C) float32 for dct_variance v (H, W, C)."""
+  coefficients = delta * np.sqrt(np.asarray(dct_variance, np.float64))
+  return scipy.fft.idctn(coefficients, type=2, axes=(0, 1), norm='ortho').astype(np.float32)
+
+
+def config_class_offset(config, dct_variance):
+  """The config's class offset image (H, W, C), or None when `model.class_offset` is 0."""
+  delta = float(_field(config, 'class_offset'))
+  if not np.isfinite(delta) or delta < 0:
+    raise UserError(f'config.model.class_offset={delta!r} must be >= 0 (0: one Gaussian).')
+  return class_offset_image(dct_variance, delta) if delta > 0 else None
+
+
+def _class_offset(variables):
+  """The mixture's offset (H, W, C) held by the variables, or None (one Gaussian)."""
+  return variables.get(TARGET_COLLECTION, variables).get('class_offset')
+
+
+def class_variables(variables, label: int) -> Dict[str, Dict[str, jnp.ndarray]]:
+  """The variables of the mixture's class `label` alone: the Gaussian N(mu ± o, Sigma)."""
+  mean, dct_variance = _target_arrays(variables)
+  offset = _class_offset(variables)
+  if offset is None:
+    raise ValueError('These analytic variables hold one Gaussian (no class_offset).')
+  if label not in (0, 1):
+    raise ValueError(f'The analytic mixture has classes 0 and 1, got {label!r}.')
+  return variables_from_target(mean + (2 * label - 1) * offset, dct_variance)
 
 
 def _target_arrays(variables):
@@ -220,8 +269,10 @@ def config_target(config) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def target_variables(config) -> Dict[str, Dict[str, jnp.ndarray]]:
-  """`{'target': {'mean', 'dct_variance'}}` (H, W, C) of the config's target (`config_target`)."""
-  return variables_from_target(*config_target(config))
+  """`{'target': {'mean', 'dct_variance'[, 'class_offset']}}` (H, W, C) of the config's target
+  (`config_target`; the offset with `model.class_offset` > 0)."""
+  mean, dct_variance = config_target(config)
+  return variables_from_target(mean, dct_variance, config_class_offset(config, dct_variance))
 
 
 def _moments(images, batch_size: int, mean=None):
@@ -284,15 +335,27 @@ def _sample(key, mean, dct_variance, num):
   return mean + transforms.idct2(jnp.sqrt(dct_variance) * z)
 
 
-def sample_target(key, variables, num: int):
+def sample_target(key, variables, num: int, labels=None):
   """`num` exact draws (num, H, W, C) of the target: mu + D⁻¹(sqrt(v) ⊙ z), z ~ N(0, I).
 
   `variables` is the model's `{'target': {...}}` (or the inner dict); jitted, one compile per
-  (num, H, W, C).
+  (num, H, W, C). For the two-class mixture each draw adds (2 y - 1) o, with y from `labels`
+  (num,) when given, else y ~ Bernoulli(½) from a key split off `key`.
   """
   mean, dct_variance = _target_arrays(variables)
-  return _sample(key, jnp.asarray(mean, jnp.float32), jnp.asarray(dct_variance, jnp.float32),
-                 int(num))
+  offset = _class_offset(variables)
+  if offset is None:
+    if labels is not None:
+      raise ValueError('Labels given, but these analytic variables hold one Gaussian.')
+    return _sample(key, jnp.asarray(mean, jnp.float32), jnp.asarray(dct_variance, jnp.float32),
+                   int(num))
+  key, label_key = jax.random.split(key)
+  if labels is None:
+    labels = jax.random.bernoulli(label_key, 0.5, (int(num),)).astype(jnp.int32)
+  signs = (2.0 * jnp.asarray(labels, jnp.float32) - 1.0).reshape(-1, 1, 1, 1)
+  x = _sample(key, jnp.asarray(mean, jnp.float32), jnp.asarray(dct_variance, jnp.float32),
+              int(num))
+  return x + signs * jnp.asarray(offset, jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,9 +445,36 @@ def score_error_gamma(sigma, height: int, width: int, e: float, p: float, sigma_
 # The model.
 
 
+def _declare_target(module: nn.Module, config, x):
+  """Declares the target variables in `module` (filled from the config at init) and returns
+  (mean, dct_variance, class_offset or None), each (H, W, C), checked against x (B, H, W, C)."""
+  init_target = lambda: config_target(config)
+  mean = module.variable(TARGET_COLLECTION, 'mean', lambda: jnp.asarray(init_target()[0])).value
+  dct_variance = module.variable(TARGET_COLLECTION, 'dct_variance',
+                                 lambda: jnp.asarray(init_target()[1])).value
+  offset = None
+  if float(_field(config, 'class_offset')) != 0.0:
+    offset = module.variable(TARGET_COLLECTION, 'class_offset', lambda: jnp.asarray(
+        config_class_offset(config, init_target()[1]))).value
+  if mean.shape != x.shape[1:] or dct_variance.shape != x.shape[1:]:
+    raise UserError(f'The analytic target has mean {mean.shape} and dct_variance '
+                     f'{dct_variance.shape}, but x is {x.shape} (B, H, W, C): check '
+                     'config.data.image_size and config.data.num_channels.')
+  return mean, dct_variance, offset
+
+
+def _mixture_logit(coefficients, a4, offset, variance):
+  """l = log p(y = 1 | x) - log p(y = 0 | x), (B,), of the two-class mixture: 2 a sum(ô u / c)
+  with u the DCT of x - a mu (`coefficients`, (B, H, W, C)), ô = D(o) and c = a² v + s²
+  (`variance`, (B, H, W, C))."""
+  offset_dct = _dct2(offset[None])
+  return 2.0 * a4.reshape(-1) * jnp.sum(offset_dct * coefficients / variance, axis=(1, 2, 3))
+
+
 @utils.register_model(name='analytic_gaussian')
 class AnalyticGaussian(nn.Module):
-  """Exact score of the DCT-diagonal Gaussian target diffused by `config.training.sde`.
+  """Exact score of the DCT-diagonal Gaussian target (or two-class mixture of such Gaussians,
+  `model.class_offset`) diffused by `config.training.sde`.
 
   Called as `model.apply(variables, x, labels, train=False)` with x (B, H, W, C) and continuous
   labels (B,) (VE: sigma(t); VP/subVP: 999 t). Returns (B, H, W, C): the score (VE) or
@@ -407,15 +497,7 @@ class AnalyticGaussian(nn.Module):
                        ' it takes continuous labels (config.training.continuous=True).')
     sde = sde_lib.get_sde(config, num_steps=1)  # marginals only: N is irrelevant
     score_error, e, p, sigma_c = check_score_error_fields(config)
-
-    init_target = lambda: config_target(config)
-    mean = self.variable(TARGET_COLLECTION, 'mean', lambda: jnp.asarray(init_target()[0])).value
-    dct_variance = self.variable(TARGET_COLLECTION, 'dct_variance',
-                                 lambda: jnp.asarray(init_target()[1])).value
-    if mean.shape != x.shape[1:] or dct_variance.shape != x.shape[1:]:
-      raise UserError(f'The analytic target has mean {mean.shape} and dct_variance '
-                       f'{dct_variance.shape}, but x is {x.shape} (B, H, W, C): check '
-                       'config.data.image_size and config.data.num_channels.')
+    mean, dct_variance, offset = _declare_target(self, config, x)
 
     labels = labels.astype(jnp.float32).reshape(-1)
     if isinstance(sde, sde_lib.VESDE):
@@ -428,10 +510,48 @@ class AnalyticGaussian(nn.Module):
     a4, s4 = a.reshape(-1, 1, 1, 1), s.reshape(-1, 1, 1, 1)
 
     coefficients = _dct2(x - a4 * mean)
-    score_dct = -coefficients / (a4 ** 2 * dct_variance + s4 ** 2)
+    variance = a4 ** 2 * dct_variance + s4 ** 2
+    if offset is not None:
+      # The mixture: u - a ô E[2y - 1 | x], E[2y - 1 | x] = tanh(l / 2).
+      half_logit = 0.5 * _mixture_logit(coefficients, a4, offset, variance)
+      coefficients = coefficients - a4 * _dct2(offset[None]) * jnp.tanh(half_logit).reshape(
+          -1, 1, 1, 1)
+    score_dct = -coefficients / variance
     if score_error:
       score_dct = score_dct * score_error_gamma(s, x.shape[1], x.shape[2], e, p, sigma_c)
     score = _idct2(score_dct).astype(x.dtype)
     if isinstance(sde, sde_lib.VESDE):
       return score
     return -s4.astype(x.dtype) * score
+
+
+class AnalyticMixtureClassifier(nn.Module):
+  """The exact noise-conditional classifier of the two-class mixture target: logits
+  (-l / 2, l / 2) of p_t(y | x), (B, 2), for x (B, H, W, C) at the marginal's noise std (B,)
+  (score_sde's classifier convention: VE sigma(t); VP sqrt(1 - a²); subVP 1 - a²).
+
+  Called as `apply(variables, x, noise_std)` with the analytic model's own variables.
+  """
+  config: ml_collections.ConfigDict
+  num_classes = 2
+
+  @nn.compact
+  def __call__(self, x, noise_std, train: bool = False):
+    del train
+    config = self.config
+    mean, dct_variance, offset = _declare_target(self, config, x)
+    if offset is None:
+      raise UserError('Guidance with the analytic classifier needs the two-class mixture target: '
+                       'set config.model.class_offset > 0.')
+    s = jnp.asarray(noise_std, jnp.float32).reshape(-1)
+    kind = str(config.training.sde).lower()
+    if kind == 'vesde':
+      a = jnp.ones_like(s)
+    elif kind == 'vpsde':
+      a = jnp.sqrt(jnp.maximum(1.0 - s ** 2, 0.0))
+    else:  # subvpsde: std = 1 - a²
+      a = jnp.sqrt(jnp.maximum(1.0 - s, 0.0))
+    a4, s4 = a.reshape(-1, 1, 1, 1), s.reshape(-1, 1, 1, 1)
+    coefficients = _dct2(x - a4 * mean)
+    logit = _mixture_logit(coefficients, a4, offset, a4 ** 2 * dct_variance + s4 ** 2)
+    return jnp.stack([-0.5 * logit, 0.5 * logit], axis=-1)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 import sde_lib
 from models import utils as model_utils
 from sampling import devices
+from sampling import guidance as guidance_lib
 from sampling.interface import SAMPLERS, SamplerSetup, SteppedSampler
 from errors import UserError
 
@@ -58,13 +59,23 @@ def make_setup(config, shape, model=None, batch_sharding=None) -> SamplerSetup:
   model = model_utils.create_model(config) if model is None else model
   continuous = model_utils.uses_continuous_labels(config)
 
+  guidance = guidance_lib.from_config(config)
+
   def score_fn_builder(variables):
-    return model_utils.get_score_fn(sde, model, variables, continuous,
-                                    num_scales=config.model.num_scales)
+    if guidance is None:
+      return model_utils.get_score_fn(sde, model, variables, continuous,
+                                      num_scales=config.model.num_scales)
+    # Class-conditional: score + w ∇ log p_t(y | x) (sampling/guidance.py).
+    guidance_lib.check_variables(variables)
+    score_fn = model_utils.get_score_fn(sde, model, variables.network, continuous,
+                                        num_scales=config.model.num_scales)
+    return guidance_lib.guided_score_fn(score_fn, guidance.logit_fn_builder(variables.classifier),
+                                        sde, variables.labels, guidance.scale)
 
   return SamplerSetup(sde=sde, score_fn_builder=score_fn_builder, shape=tuple(shape), eps=eps,
                       speedup=speedup, batch_sharding=batch_sharding,
-                      training_sde=sde_lib.get_sde(config), continuous=continuous)
+                      training_sde=sde_lib.get_sde(config), continuous=continuous,
+                      guidance=guidance)
 
 
 def build(config, shape, model=None, batch_sharding=None):

@@ -45,6 +45,8 @@ class SamplerSetup:
     batch_sharding: the sharding of x over devices, or None (see `sampling.devices`).
     training_sde: the SDE the network was trained with (N = model.num_scales), or None for `sde`.
     continuous: whether the network takes continuous labels (else a discrete σ grid).
+    guidance: the run's `sampling.guidance.Guidance`, or None; with it the sampler's variables
+      are `GuidedVariables(network, classifier, labels)`.
   """
   sde: Any
   score_fn_builder: Callable[[Any], Callable]
@@ -54,6 +56,7 @@ class SamplerSetup:
   batch_sharding: Any = None
   training_sde: Any = None
   continuous: bool = True
+  guidance: Any = None
 
 
 def coloring_of(tdas):

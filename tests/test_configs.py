@@ -48,8 +48,10 @@ def _config_files():
 
 
 CONFIG_FILES = _config_files()
+# The released score models' configs: not the FFHQ convenience config, nor the config of
+# score_sde's released CIFAR-10 classifier (a classifier, with no score-model tree).
 RELEASED_FILES = [f for f in CONFIG_FILES if f.split('/')[0] in ('ve', 'vp', 'subvp')
-                  and f != 've/ffhq_ncsnpp.py']
+                  and f not in ('ve/ffhq_ncsnpp.py', 've/cifar10_classifier.py')]
 
 
 # Configs made from a folder (`--config FILE:FOLDER`), and the folder the tests give them.

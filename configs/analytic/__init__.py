@@ -76,4 +76,7 @@ def get_analytic_config(image_size, sigma_max, dataset='FFHQ', target_mean=(0.52
   model.score_error_e = 0.2
   model.score_error_p = 1.0
   model.score_error_sigma_c = 0.27
+  # > 0: the two-class mixture ½ N(mean - o, Sigma) + ½ N(mean + o, Sigma), o this many target
+  # standard deviations in every DCT coefficient (class-conditional sampling's exact test).
+  model.class_offset = 0.0
   return config
