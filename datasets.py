@@ -247,6 +247,47 @@ def digits_images(image_size: int = 16, num_channels: int = 1, evaluation: bool 
   return np.repeat(images, num_channels, axis=-1) if num_channels == 3 else images
 
 
+def labelled_images(config, evaluation: bool = False):
+  """(images, labels) of the config's data set, whole in memory, for training a classifier.
+
+  images: float32 (N, H, W, C) in the score model's data space (`get_data_scaler`: [0, 1], or
+  [-1, 1] with data.centered); labels: int32 (N,). Two sources have labels:
+  - data.dataset 'DIGITS' (no data.path): the split of `digits_images` with scikit-learn's
+    targets 0..9;
+  - an `.npz` at data.path holding `images` (uint8, as `read_npz_images` reads) and `labels`
+    (integers >= 0, one per image). Like `get_split`, both splits are then the whole file.
+  Any other data set raises DatasetError.
+  """
+  size, channels = int(config.data.image_size), int(config.data.num_channels)
+  path = str(config.data.get("path", "") or "")
+  if path.endswith(".npz"):
+    images = read_npz_images(path, size, channels)
+    with np.load(path, allow_pickle=False) as data:
+      if "labels" not in data.files:
+        raise DatasetError(f"Data file {path!r} has no `labels` array (it holds "
+                           f"{sorted(data.files)}); a classifier needs one integer label per "
+                           "image.")
+      labels = data["labels"]
+    if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+      raise DatasetError(f"Data file {path!r}: `labels` is {labels.dtype} {labels.shape}; expected "
+                         f"integers ({images.shape[0]},), one per image.")
+    if labels.min() < 0:
+      raise DatasetError(f"Data file {path!r}: `labels` has negative values ({labels.min()}).")
+  elif not path and str(config.data.dataset).upper() == "DIGITS":
+    images = digits_images(size, channels, evaluation=evaluation)
+    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+    targets = load_digits().target
+    held_out = digits_held_out(targets.shape[0])
+    labels = targets[held_out] if evaluation else targets[~held_out]
+  else:
+    source = (f"config.data.path={path!r}" if path
+              else f"config.data.dataset={config.data.dataset!r}")
+    raise DatasetError(f"{source} has no class labels here: labels are available for DIGITS and "
+                       "for an .npz file (config.data.path) holding `images` and `labels`.")
+  unit = images.astype(np.float32) / np.float32(255.0)
+  return np.asarray(get_data_scaler(config)(unit), np.float32), labels.astype(np.int32)
+
+
 def _centre_crop(tf, image, size):
   """The central (size, size) window of an (H, W, C) image."""
   height, width = tf.shape(image)[0], tf.shape(image)[1]

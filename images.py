@@ -48,6 +48,19 @@ def image_grid(images: np.ndarray, columns: int = 0, min_tile: int = MIN_TILE) -
   return grid
 
 
+def class_grid(images: np.ndarray, labels: np.ndarray, columns: int = 8) -> np.ndarray:
+  """`image_grid` of (N, H, W, C) uint8 images with one row per class of `labels` (N,), in
+  ascending class order: each row the first `columns` images of its class, blank (white) tiles
+  where a class has fewer."""
+  labels = np.asarray(labels).reshape(-1)
+  rows = []
+  for label in np.unique(labels):
+    chosen = images[labels == label][:columns]
+    blank = np.full((columns - len(chosen),) + images.shape[1:], 255, np.uint8)
+    rows.append(np.concatenate([chosen, blank]))
+  return image_grid(np.concatenate(rows), columns)
+
+
 def export_arr0(folder: str, round_files) -> str:
   """Every round's samples as one `arr_0` uint8 (N, H, W, C) .npz, the layout guided-diffusion's
   and EDM's evaluators read: <folder>/arr0_<N>x<H>x<W>x<C>.npz. Returns its path."""

@@ -5,7 +5,6 @@ e.g. `--config.sampling.num_steps=100`. All output goes under `--workdir`.
 """
 import difflib
 import errno
-import importlib.util
 import os
 import sys
 
@@ -15,6 +14,7 @@ from absl import logging
 from ml_collections.config_flags import config_flags
 
 import run_lib
+from configs import load_config_file
 from tdas import settings as tdas_settings
 from errors import UserError
 
@@ -63,22 +63,11 @@ def _dotted_names(config, prefix="") -> list:
   return names
 
 
-def _load_config_file(path):
-  """The config of `--config FILE` or `FILE:ARG` (get_config(ARG)), as ml_collections makes it."""
-  file, *argument = path.split(":", 1)
-  spec = importlib.util.spec_from_file_location("_user_config", file)
-  if spec is None:
-    raise OSError(f"{path} is not a Python file")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*argument)
-
-
 def _flag_error_message(argv, error) -> str:
   """One line for a config file that does not load, or an override it cannot take."""
   path = _argv_config_path(argv)
   try:
-    config = _load_config_file(path)
+    config = load_config_file(path)
   except Exception as load_error:  # pylint: disable=broad-except
     if isinstance(load_error, UserError):  # e.g. the folder a `FILE:ARG` config reads is missing
       return f"--config {path}: {load_error}"

@@ -12,6 +12,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -27,9 +28,12 @@ import stats_mode
 import train as train_lib
 import validation
 from atomic_io import atomic_write_text
+from errors import UserError
 from evaluation import evaluate as evaluation
+from models import classifiers
 from models import utils as model_utils
 from sampling import devices, factory
+from sampling import guidance as guidance_lib
 from tdas import settings as tdas_settings
 
 def check(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
@@ -99,17 +103,29 @@ def _sample(config, workdir, out_dir, discard_rounds):
   # The sampler's own steps (annealed Langevin: levels × steps per level); N' otherwise.
   steps = sampler.num_steps or setup.sde.N
   _warn_filter_steps(tdas, setup.sde.N)
+  guidance = setup.guidance
+  classifier_variables = (None if guidance is None
+                          else _classifier_variables(guidance, variables))
   suffix = _host_suffix()
   fields = sample_rounds.fingerprint(config, variables, tdas, shape, setup.sde.N, setup.eps,
-                                     jax.process_count(), int(mesh.devices.size))
+                                     jax.process_count(), int(mesh.devices.size),
+                                     classifier_variables)
   sample_rounds.check_folder(out_dir, suffix, fields, discard_rounds, log=logging.warning)
   replicated = devices.replicated(mesh)
   variables = jax.device_put(variables, replicated)
   tdas = tdas.device_put(replicated)
+  local_index = devices.local_row_indices(batch_sharding, shape)
+  if guidance is not None:
+    # Class-conditional: every round asks for the same labels, one per global row.
+    labels = guidance.labels_for(batch_size)
+    variables = guidance_lib.GuidedVariables(
+        variables, jax.device_put(classifier_variables, replicated),
+        jax.device_put(jnp.asarray(labels), replicated))
+    logging.info("Guidance: labels %s (cycled), scale %g, classifier %s.",
+                 list(guidance.labels), guidance.scale, guidance.classifier)
 
   num_rounds = int(math.ceil(num_samples / batch_size))
   seed_key = jax.random.PRNGKey(config.sampling.seed)
-  local_index = devices.local_row_indices(batch_sharding, shape)
   logging.info("Sampling %d rounds of %d (%d samples) with %d steps (speed-up %.3g, eps %.3g), "
                "TDAS %s, on %d devices.", num_rounds, batch_size, num_samples, steps,
                setup.speedup, setup.eps, "on" if tdas.enabled else "off", mesh.devices.size)
@@ -124,7 +140,10 @@ def _sample(config, workdir, out_dir, discard_rounds):
     x, timing["nfe"] = factory.run(sampler, jax.random.fold_in(seed_key, r), variables, tdas,
                                    progress_label=f"round {r}", what=f"Round {r}")
     timing["seconds"] += time.perf_counter() - start
-    return images.to_uint8(x, config.data.centered)[round_rows(r)]
+    rows = images.to_uint8(x, config.data.centered)[round_rows(r)]
+    if guidance is None:
+      return rows
+    return dict(samples=rows, labels=labels[local_index][round_rows(r)])
 
   rounds_run = sample_rounds.sample_missing(
       out_dir, suffix, fields, num_rounds, lambda r: int(round_rows(r).sum()), draw,
@@ -132,11 +151,16 @@ def _sample(config, workdir, out_dir, discard_rounds):
       log=lambda level, message: getattr(logging, level)("%s", message))
 
   # The pictures show process 0's rows (every process samples the vanilla batch: a collective).
-  first = np.load(sample_rounds.round_path(out_dir, 0, suffix))["samples"][:images.GRID_MAX_IMAGES]
+  with np.load(sample_rounds.round_path(out_dir, 0, suffix)) as round_zero:
+    first = round_zero["samples"][:images.GRID_MAX_IMAGES]
+    first_labels = round_zero["labels"][:len(first)] if guidance is not None else None
   writes_pictures = jax.process_index() == 0
   if writes_pictures:
-    images.save_png(os.path.join(out_dir, "samples_grid.png"), images.image_grid(first))
-    logging.info("samples_grid.png shows the first %d samples (round 0).", len(first))
+    grid = (images.image_grid(first) if guidance is None
+            else images.class_grid(first, first_labels))  # a row per class
+    images.save_png(os.path.join(out_dir, "samples_grid.png"), grid)
+    logging.info("samples_grid.png shows the first %d samples (round 0)%s.", len(first),
+                 "" if guidance is None else ", a row per class")
   if tdas.enabled and config.sampling.vanilla_comparison:
     vanilla, _ = factory.run(sampler, jax.random.fold_in(seed_key, 0), variables,
                              tdas.without_filters(), progress_label="vanilla comparison")
@@ -156,7 +180,8 @@ def _sample(config, workdir, out_dir, discard_rounds):
       batch_size=batch_size, steps=steps, speedup=setup.speedup, eps=setup.eps,
       nfe=timing["nfe"], method=config.sampling.method, **sampler.describe(), source=source,
       grid_images=len(first),
-      tdas=tdas.describe(), device_count=mesh.devices.size, process_count=jax.process_count(),
+      tdas=tdas.describe(), guidance=None if guidance is None else guidance.describe(),
+      device_count=mesh.devices.size, process_count=jax.process_count(),
       seconds=seconds,
       seconds_per_step=(seconds / (rounds_run * steps)) if rounds_run else None,
       fingerprint=fields)
@@ -181,6 +206,17 @@ def _sampler(config, shape, mesh, batch_sharding):
       _SAMPLERS.pop(next(iter(_SAMPLERS)))
     _SAMPLERS[key] = factory.build(config, shape, batch_sharding=batch_sharding)
   return _SAMPLERS[key]
+
+
+def _classifier_variables(guidance, network_variables):
+  """The guiding classifier's variables: the analytic model's own, or the params file
+  `sampling.guidance.checkpoint` (`models.classifiers.load_params`)."""
+  if guidance.classifier == guidance_lib.ANALYTIC:
+    return network_variables
+  if not guidance.checkpoint:
+    raise UserError("config.sampling.guidance.checkpoint is empty: set it to the classifier's "
+                    "params file (score_sde's classifier checkpoint, a flax msgpack).")
+  return classifiers.load_params(guidance.classifier_config, guidance.checkpoint)
 
 
 def _warn_filter_steps(tdas, steps):
@@ -301,7 +337,14 @@ def colorize(config, workdir, eval_folder=None):  # pylint: disable=unused-argum
 
 
 def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
-  """Train the config's network on its data set (resumes from <workdir>/checkpoints-meta/)."""
+  """Train the config's network on its data set (resumes from <workdir>/checkpoints-meta/).
+
+  A config with a `classifier` section trains that noise-conditional classifier instead
+  (`train_classifier`).
+  """
+  if "classifier" in config:
+    import train_classifier  # pylint: disable=g-import-not-at-top
+    return train_classifier.train(config, workdir)
   return train_lib.train(config, workdir)
 
 

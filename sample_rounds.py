@@ -125,7 +125,8 @@ ROUNDING_FIELDS = ("per_device_batch_shape", "device_count")
 
 
 def fingerprint(config, variables, tdas, shape, steps: int, eps: float,
-                process_count: int = 1, device_count: int = 1) -> Dict[str, Any]:
+                process_count: int = 1, device_count: int = 1,
+                classifier_variables=None) -> Dict[str, Any]:
   """Everything that determines a round's samples, as a flat JSON-ready dict.
 
   Args:
@@ -136,6 +137,8 @@ def fingerprint(config, variables, tdas, shape, steps: int, eps: float,
     steps, eps: the sampler's resolved number of steps and end time.
     process_count: the number of processes sharing each round (each writes its own rows).
     device_count: the devices the global batch is split over (all processes together).
+    classifier_variables: with guidance, the classifier's variables: recorded by their SHA-256
+      (the guidance settings are `sampling.guidance.*` fields).
   """
   leaves = jax.tree_util.tree_leaves(variables)
   fields = {"variables_sha256": array_digest(leaves)}
@@ -152,6 +155,9 @@ def fingerprint(config, variables, tdas, shape, steps: int, eps: float,
     for name in ("space", "freq", "init_mean"):
       array = getattr(tdas, name)
       fields[f"tdas.{name}_sha256"] = None if array is None else array_digest([array])
+  if classifier_variables is not None:
+    fields["guidance.classifier_sha256"] = array_digest(
+        jax.tree_util.tree_leaves(classifier_variables))
   fields.update({"batch_shape": [int(s) for s in shape], "steps": int(steps),
                  "eps": float(eps), "process_count": int(process_count),
                  "device_count": int(device_count),
@@ -218,11 +224,14 @@ def read_fingerprint(path: str) -> Optional[Dict[str, Any]]:
   return recorded if isinstance(recorded, dict) else None
 
 
-def write_round(path: str, samples: np.ndarray, fields: Dict[str, Any], round_index: int):
-  """Writes one round atomically with its fingerprint (and round number)."""
+def write_round(path: str, samples, fields: Dict[str, Any], round_index: int):
+  """Writes one round atomically with its fingerprint (and round number).
+
+  `samples` is the uint8 array (n, H, W, C), or a dict of it under `samples` with other per-row
+  arrays beside it (class-conditional rounds add `labels` (n,))."""
+  arrays = dict(samples) if isinstance(samples, dict) else dict(samples=samples)
   recorded = dict(fields, round=int(round_index))
-  atomic_savez(path, samples=samples, fingerprint=np.asarray(json.dumps(recorded,
-                                                                        sort_keys=True)))
+  atomic_savez(path, **arrays, fingerprint=np.asarray(json.dumps(recorded, sort_keys=True)))
 
 
 def host_round_files(folder: str, suffix: str) -> Dict[int, str]:

@@ -69,8 +69,9 @@ def make_setup(config, shape, model=None, batch_sharding=None) -> SamplerSetup:
     guidance_lib.check_variables(variables)
     score_fn = model_utils.get_score_fn(sde, model, variables.network, continuous,
                                         num_scales=config.model.num_scales)
+    scale = guidance.scale if variables.scale is None else variables.scale
     return guidance_lib.guided_score_fn(score_fn, guidance.logit_fn_builder(variables.classifier),
-                                        sde, variables.labels, guidance.scale)
+                                        sde, variables.labels, scale)
 
   return SamplerSetup(sde=sde, score_fn_builder=score_fn_builder, shape=tuple(shape), eps=eps,
                       speedup=speedup, batch_sharding=batch_sharding,

@@ -22,13 +22,14 @@ Fields (`config.sampling.guidance`): `labels` ('' = off; one class for all, e.g.
 classifier config file) and `checkpoint` (the classifier's weights; read by the modes).
 """
 import dataclasses
+import os
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from errors import UserError
+from errors import MissingFileError, UserError
 
 ANALYTIC = "analytic"
 UNIFORM = "uniform"
@@ -36,10 +37,13 @@ UNIFORM = "uniform"
 
 class GuidedVariables(NamedTuple):
   """The sampler's variables with guidance: `network` (the score model's), `classifier` (the
-  classifier's) and `labels` (B,) int32, the class each sample is drawn from."""
+  classifier's), `labels` (B,) int32, the class each sample is drawn from, and optionally
+  `scale`, a float32 scalar that replaces `guidance.scale` (an argument of the compiled program:
+  a sweep over scales compiles once)."""
   network: Any
   classifier: Any
   labels: jax.Array
+  scale: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Guidance:
     num_classes: K, the classifier's classes.
     logit_fn_builder: classifier variables -> logit_fn(x (B, H, W, C), noise_std (B,)) ->
       (B, K) logits; called inside the jitted program.
+    classifier_config: the classifier config file's config (None for 'analytic').
   """
   labels: tuple
   scale: float
@@ -61,6 +66,7 @@ class Guidance:
   checkpoint: str
   num_classes: int
   logit_fn_builder: Callable[[Any], Callable]
+  classifier_config: Any = None
 
   def labels_for(self, batch_size: int) -> np.ndarray:
     """(batch_size,) int32: the requested labels cycled over the batch (sample i gets
@@ -127,15 +133,40 @@ def from_config(config) -> Optional[Guidance]:
 
     def logit_fn_builder(variables):
       return lambda x, noise_std: module.apply(variables, x, noise_std)
+    classifier_config = None
   elif not classifier:
     raise UserError("config.sampling.guidance.labels is set but guidance.classifier is empty: "
                     "name the classifier's config file (or 'analytic' for the analytic mixture).")
   else:
-    raise UserError(f"config.sampling.guidance.classifier={classifier!r}: only 'analytic' is "
-                    "available in this version.")
+    classifier_config = _classifier_config(classifier, config)
+    from models import classifiers  # pylint: disable=g-import-not-at-top
+    module = classifiers.create_classifier(classifier_config)
+    num_classes = int(classifier_config.classifier.num_classes)
+
+    def logit_fn_builder(params):
+      return classifiers.logit_fn(classifier_config, module, params)
   return Guidance(labels=parse_labels(fields.labels, num_classes), scale=scale,
                   classifier=classifier, checkpoint=str(fields.get("checkpoint", "")),
-                  num_classes=num_classes, logit_fn_builder=logit_fn_builder)
+                  num_classes=num_classes, logit_fn_builder=logit_fn_builder,
+                  classifier_config=classifier_config)
+
+
+def _classifier_config(path: str, config):
+  """The classifier config file's config, checked against the score model's images."""
+  from configs import load_config_file  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path.split(":", 1)[0]):
+    raise MissingFileError(f"config.sampling.guidance.classifier={path!r}: no such config file "
+                           "(a classifier config, e.g. configs/ve/cifar10_classifier.py).")
+  classifier_config = load_config_file(path)
+  if "classifier" not in classifier_config:
+    raise UserError(f"config.sampling.guidance.classifier={path!r} has no `classifier` section: "
+                    "it is not a classifier config.")
+  for field in ("image_size", "num_channels"):
+    theirs, ours = classifier_config.data[field], config.data[field]
+    if int(theirs) != int(ours):
+      raise UserError(f"The classifier of config.sampling.guidance.classifier={path!r} takes "
+                      f"data.{field}={theirs}, but the score model's is {ours}.")
+  return classifier_config
 
 
 def classifier_log_likelihood_grad(logit_fn, x, noise_std, labels):
@@ -149,7 +180,7 @@ def classifier_log_likelihood_grad(logit_fn, x, noise_std, labels):
   return jax.grad(log_likelihood)(x)
 
 
-def guided_score_fn(score_fn, logit_fn, sde, labels, scale: float):
+def guided_score_fn(score_fn, logit_fn, sde, labels, scale):
   """score_fn(x, t) + scale · ∇ₓ log p_t(labels | x), the classifier at the marginal's noise std
   of t under `sde`.
 
@@ -158,7 +189,7 @@ def guided_score_fn(score_fn, logit_fn, sde, labels, scale: float):
     logit_fn: (x, noise_std (B,)) -> (B, K) logits.
     sde: the sampler's SDE (its `marginal_prob` gives the std).
     labels: (B,) int32.
-    scale: w.
+    scale: w, a float or a traced scalar.
   """
   labels = jnp.asarray(labels, jnp.int32)
 

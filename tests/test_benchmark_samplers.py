@@ -168,3 +168,29 @@ def test_analytic_tdas_tables_pair_tdas_with_vanilla_and_the_fits_with_the_first
           "better |") in text
   assert "| 0.00, 0.50, 0.900, 0.950 |" in text
   assert "| yes | 25 | `radial` |" in text and "(detectable" in text
+
+
+def test_guidance_tables_pair_each_scale_with_unguided_and_tdas_with_vanilla():
+  from benchmarks import guidance  # pylint: disable=g-import-not-at-top
+  rows = []
+  for seed, luck in enumerate([0.0, 0.02, -0.01]):
+    for variant, scale, accuracy, distance in (
+        ("vanilla", 0.0, 0.10, 30.0), ("vanilla", 2.0, 0.90, 34.0),
+        ("tdas", 0.0, 0.10, 30.0 + seed), ("tdas", 2.0, 0.92, 33.0)):
+      rows.append(dict(method="dpmpp_2m_sde", variant=variant, steps=20, nfe=20, scale=scale,
+                       seed=seed, accuracy=accuracy + luck, frechet_distance=distance + 10 * luck))
+  entries = {(e["variant"], e["scale"]): e for e in guidance.tables(rows)}
+  guided = entries[("vanilla", 2.0)]
+  assert guided["accuracy_minus_unguided"]["mean"] == pytest.approx(0.8)
+  assert guided["accuracy_minus_unguided"]["verdict"] == "better"  # higher accuracy is better
+  assert guided["frechet_distance_minus_unguided"]["verdict"] == "worse"
+  assert "accuracy_minus_vanilla" not in guided and "accuracy_minus_unguided" not in entries[
+      ("vanilla", 0.0)]
+  tdas = entries[("tdas", 2.0)]
+  assert tdas["accuracy_minus_vanilla"]["mean"] == pytest.approx(0.02)
+  assert tdas["frechet_distance_minus_vanilla"]["verdict"] == "better"
+  assert entries[("tdas", 0.0)]["frechet_distance_minus_vanilla"]["verdict"] == (
+      "no difference measured")  # +0, +1, +2
+  text = guidance.table_text(dict(tables=guidance.tables(rows)))
+  assert "| DPM-Solver++(2M) SDE | 20 | vanilla | 2 | 0.903 ± 0.038 | +0.800 [+0.800, +0.800] " \
+         "better |" in text

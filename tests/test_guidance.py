@@ -221,3 +221,35 @@ def test_analytic_classifier_needs_the_mixture_and_guided_variables():
   sampler = factory.build(mixture_config(steps=2), (4, SIZE, SIZE, 1))
   with pytest.raises(UserError, match="GuidedVariables"):
     sampler.sample(jax.random.PRNGKey(0), VARIABLES)
+
+
+def test_sample_mode_writes_labels_grid_rows_and_fingerprints_the_guidance(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import run_lib  # pylint: disable=g-import-not-at-top
+  from sample_rounds import FingerprintMismatch  # pylint: disable=g-import-not-at-top
+  config = mixture_config(steps=20, labels="1,0,0", scale=2.0)
+  config.data.num_channels = 1
+  config.eval.batch_size, config.eval.num_samples = 8, 12
+  summary = run_lib.sample(config, str(tmp_path))
+  out = tmp_path / "eval"
+  with np.load(out / "samples_1.npz") as round_one:
+    np.testing.assert_array_equal(round_one["labels"], [1, 0, 0, 1])  # 12 - 8 rows left
+    recorded = json.loads(str(round_one["fingerprint"]))
+  assert recorded["sampling.guidance.labels"] == "1,0,0"
+  assert recorded["sampling.guidance.scale"] == 2.0
+  assert len(recorded["guidance.classifier_sha256"]) == 64
+  assert summary["guidance"] == dict(classifier="analytic", checkpoint="", scale=2.0,
+                                     labels=[1, 0, 0], num_classes=2)
+  assert json.loads((out / "sampling.json").read_text())["guidance"]["labels"] == [1, 0, 0]
+  # The grid: one row per class (0 and 1) of 8 tiles; 8 px images are enlarged to the grid's
+  # tile size, so its height holds two tiles and one 2-px gap.
+  grid = np.asarray(Image.open(out / "samples_grid.png"))
+  tile = (grid.shape[0] - 2) // 2
+  assert grid.shape[1] == 8 * tile + 7 * 2
+  # Another label is another draw: the kept rounds do not match it.
+  config.sampling.guidance.labels = "0"
+  with pytest.raises(FingerprintMismatch, match="sampling.guidance.labels"):
+    run_lib.sample(config, str(tmp_path))
+  assert os.path.isfile(out / "samples_0.npz")
