@@ -12,7 +12,8 @@ the budget) and samples with the fitted filter. Every variant draws from the sam
 `benchmarks.ranking` pairs them: each against vanilla DPM-Solver++(2M) SDE, TDAS against vanilla,
 PDS against TDAS and vanilla, with 95 % intervals and verdicts. Writes the JSON (every row per
 seed), FILE.png (Fréchet distance against NFE with the intervals, a line per method, dashed with
-TDAS) and FILE_grids.png, and prints the tables; `--merge` adds earlier runs' rows.
+TDAS) and FILE_grids.png, and prints the tables; `--merge` adds earlier runs' rows (with
+`--methods=` it only merges them, drawing nothing but the real-data floor at `--num_samples`).
 """
 import json
 import os
@@ -270,7 +271,8 @@ def main(argv):
       result = merge(json.load(f), result)
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2) + "\n")
   plot(result, stem + ".png")
-  save_grids(stem + "_grids.png", previews, result["methods"], sorted(budgets + pc_budgets))
+  if previews:  # (none with --methods= : a run that only merges earlier files)
+    save_grids(stem + "_grids.png", previews, result["methods"], sorted(budgets + pc_budgets))
   print(ranking.table_text(result, result["budgets"]))
   print()
   print(ranking.table_text(result, result["budgets"], "kernel_distance", 2))

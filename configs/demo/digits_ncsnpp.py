@@ -72,6 +72,12 @@ def get_config():
   # (zones r1 0, r2 0.285, lambda1 0.391, lambda2 0.1; benchmarks/results/learned_tdas.json).
   # Calibrated for 20 steps: recalibrate for another budget.
   sampling.tdas.filter_file = os.path.normpath(os.path.join(SHIPPED, "tdas_filters_20.npz"))
+  # Off until guidance.labels is set (e.g. --config.sampling.guidance.labels=7): the shipped
+  # noise-conditional classifier of configs/demo/digits_classifier.py (docs/guidance.md).
+  sampling.guidance.classifier = os.path.normpath(os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), "digits_classifier.py"))
+  sampling.guidance.checkpoint = os.path.normpath(os.path.join(
+      SHIPPED, os.pardir, "digits_classifier", "params.msgpack"))
 
   evaluate = config.eval
   evaluate.batch_size = 100
