@@ -48,15 +48,19 @@ def image_grid(images: np.ndarray, columns: int = 0, min_tile: int = MIN_TILE) -
   return grid
 
 
-def class_grid(images: np.ndarray, labels: np.ndarray, columns: int = 8) -> np.ndarray:
-  """`image_grid` of (N, H, W, C) uint8 images with one row per class of `labels` (N,), in
-  ascending class order: each row the first `columns` images of its class, blank (white) tiles
-  where a class has fewer."""
+def class_grid(images: np.ndarray, labels: np.ndarray, columns: int = 10,
+               max_rows: int = 10) -> np.ndarray:
+  """`image_grid` of (N, H, W, C) uint8 images grouped by class of `labels` (N,), in ascending
+  class order: each class gets max(1, max_rows // classes) rows of `columns` images (its first
+  ones), blank (white) tiles where it has fewer. One class fills the grid; ten get a row each."""
   labels = np.asarray(labels).reshape(-1)
+  classes = np.unique(labels)
+  per_class = columns * max(1, max_rows // len(classes))
   rows = []
-  for label in np.unique(labels):
-    chosen = images[labels == label][:columns]
-    blank = np.full((columns - len(chosen),) + images.shape[1:], 255, np.uint8)
+  for label in classes:
+    chosen = images[labels == label][:per_class]
+    tiles = -(-len(chosen) // columns) * columns  # whole rows
+    blank = np.full((tiles - len(chosen),) + images.shape[1:], 255, np.uint8)
     rows.append(np.concatenate([chosen, blank]))
   return image_grid(np.concatenate(rows), columns)
 

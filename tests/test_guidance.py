@@ -243,13 +243,29 @@ def test_sample_mode_writes_labels_grid_rows_and_fingerprints_the_guidance(tmp_p
   assert summary["guidance"] == dict(classifier="analytic", checkpoint="", scale=2.0,
                                      labels=[1, 0, 0], num_classes=2)
   assert json.loads((out / "sampling.json").read_text())["guidance"]["labels"] == [1, 0, 0]
-  # The grid: one row per class (0 and 1) of 8 tiles; 8 px images are enlarged to the grid's
-  # tile size, so its height holds two tiles and one 2-px gap.
+  # The grid: classes 0 and 1 get 5 rows of 10 tiles each; round 0's 8 samples fill one row
+  # of each (8 px images are enlarged to the grid's tile size; 2-px gaps).
   grid = np.asarray(Image.open(out / "samples_grid.png"))
   tile = (grid.shape[0] - 2) // 2
-  assert grid.shape[1] == 8 * tile + 7 * 2
+  assert grid.shape[1] == 10 * tile + 9 * 2
   # Another label is another draw: the kept rounds do not match it.
   config.sampling.guidance.labels = "0"
   with pytest.raises(FingerprintMismatch, match="sampling.guidance.labels"):
     run_lib.sample(config, str(tmp_path))
   assert os.path.isfile(out / "samples_0.npz")
+
+
+def test_class_grid_gives_each_class_its_rows():
+  import images  # pylint: disable=g-import-not-at-top
+  size, step = 64, 66  # 64 px tiles are not enlarged (images.MIN_TILE); 2-px gaps
+  tiles = np.arange(100, dtype=np.uint8)[:, None, None, None] * np.ones((1, size, size, 1),
+                                                                        np.uint8)
+  full = 10 * step - 2
+  assert images.class_grid(tiles, np.full(100, 7)).shape[:2] == (full, full)  # 10 rows of 7s
+  ten = images.class_grid(tiles, np.arange(100) % 10)
+  assert ten.shape[:2] == (full, full)
+  np.testing.assert_array_equal(ten[3 * step, ::step, 0][:10], np.arange(3, 100, 10))  # class 3
+  uneven = images.class_grid(tiles[:3], np.array([0, 1, 1]))  # a row each; white padding
+  assert uneven.shape[:2] == (2 * step - 2, full)
+  np.testing.assert_array_equal(uneven[0, ::step, 0][:3], [0, 255, 255])
+  np.testing.assert_array_equal(uneven[step, ::step, 0][:3], [1, 2, 255])
