@@ -132,6 +132,34 @@ def _restore_state(manager, n, fresh):
                        model_state=model_state, rng=train_part["rng"]), meta
 
 
+def resume_state(meta_manager, latest, state, replicated):
+  """The state a run starts from: the pre-emption checkpoint `latest` (a step, or None) restored
+  onto `state`'s tree and replicated, else `state`; unfinished checkpoints it skips are logged."""
+  if latest is not None:
+    restored, _ = _restore_state(meta_manager, latest, checkpoints.host_copy(state))
+    if int(restored.step) != int(latest):
+      raise checkpoints.CheckpointError(
+          f"{meta_manager.directory}/checkpoint_{latest} holds step {int(restored.step)}.")
+    state = jax.device_put(restored, replicated)
+    logging.info("Resuming from %s/checkpoint_%d (step %d).", meta_manager.directory, latest,
+                 int(latest))
+  skipped = checkpoints.unfinished_checkpoints(str(meta_manager.directory))
+  if skipped:
+    logging.warning("Skipping %s in %s: unfinished (a save cut short); %s.", ", ".join(skipped),
+                    meta_manager.directory, "starting from step 0" if latest is None else
+                    f"resuming from checkpoint_{latest} instead")
+  return state
+
+
+def summary_writer(workdir: str, initial_step: int):
+  """Process 0's TensorBoard writer in <workdir>/tensorboard/ (None elsewhere); purge_step drops
+  events a killed run logged after its last pre-emption checkpoint."""
+  if jax.process_index() != 0:
+    return None
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  return SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=initial_step or None)
+
+
 def log_scalars(writer, step: int, **scalars):
   """One line on the console and one TensorBoard scalar per value (process 0 writes)."""
   logging.info("step: %d, %s", step, ", ".join(f"{k}: {v:.5e}" for k, v in scalars.items()))
@@ -194,24 +222,8 @@ def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
                                          start_step=initial_step).as_numpy_iterator())
     snapshot_manager = checkpoints.train_checkpoint_manager(os.path.join(workdir, "checkpoints"))
     state = init(jax.random.PRNGKey(config.seed))
-    if latest is not None:
-      restored, _ = _restore_state(meta_manager, latest, checkpoints.host_copy(state))
-      if int(restored.step) != initial_step:
-        raise checkpoints.CheckpointError(
-            f"{meta_manager.directory}/checkpoint_{latest} holds step {int(restored.step)}.")
-      state = jax.device_put(restored, replicated)
-      logging.info("Resuming from %s/checkpoint_%d (step %d).", meta_manager.directory, latest,
-                   initial_step)
-    skipped = checkpoints.unfinished_checkpoints(str(meta_manager.directory))
-    if skipped:
-      logging.warning("Skipping %s in %s: unfinished (a save cut short); %s.", ", ".join(skipped),
-                      meta_manager.directory, "starting from step 0" if latest is None else
-                      f"resuming from checkpoint_{latest} instead")
-    if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      # purge_step drops events a killed run logged after its last pre-emption checkpoint.
-      writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                             purge_step=initial_step or None)
+    state = resume_state(meta_manager, latest, state, replicated)
+    writer = summary_writer(workdir, initial_step)
     eval_iter = None
     sampler = None
     if training.snapshot_sampling:

@@ -46,7 +46,7 @@ from atomic_io import atomic_write_text
 from models import classifiers
 from sampling import devices
 from train import (TrainingError, _compiled_key, _compiled_once_unoptimised, _crossed,
-                   _quiet_orbax, _restore_state, log_scalars)
+                   _quiet_orbax, log_scalars, resume_state, summary_writer)
 
 ACCURACY_FILE = "classifier_accuracy.json"
 NUM_ACCURACY_SIGMAS = 8   # noise levels of the final accuracy table
@@ -301,23 +301,8 @@ def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
   try:
     snapshot_manager = checkpoints.train_checkpoint_manager(os.path.join(workdir, "checkpoints"))
     state = functions.init(jax.random.PRNGKey(config.seed))
-    if latest is not None:
-      restored, _ = _restore_state(meta_manager, latest, checkpoints.host_copy(state))
-      if int(restored.step) != initial_step:
-        raise checkpoints.CheckpointError(
-            f"{meta_manager.directory}/checkpoint_{latest} holds step {int(restored.step)}.")
-      state = jax.device_put(restored, replicated)
-      logging.info("Resuming from %s/checkpoint_%d (step %d).", meta_manager.directory, latest,
-                   initial_step)
-    skipped = checkpoints.unfinished_checkpoints(str(meta_manager.directory))
-    if skipped:
-      logging.warning("Skipping %s in %s: unfinished (a save cut short); %s.", ", ".join(skipped),
-                      meta_manager.directory, "starting from step 0" if latest is None else
-                      f"resuming from checkpoint_{latest} instead")
-    if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                             purge_step=initial_step or None)
+    state = resume_state(meta_manager, latest, state, replicated)
+    writer = summary_writer(workdir, initial_step)
     step, start_time, saved = initial_step, time.perf_counter(), []
     last_loss = last_accuracy = None
     window = []  # (loss, accuracy) device scalars since the last log

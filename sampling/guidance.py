@@ -161,11 +161,13 @@ def _classifier_config(path: str, config):
   if "classifier" not in classifier_config:
     raise UserError(f"config.sampling.guidance.classifier={path!r} has no `classifier` section: "
                     "it is not a classifier config.")
-  for field in ("image_size", "num_channels"):
-    theirs, ours = classifier_config.data[field], config.data[field]
-    if int(theirs) != int(ours):
+  for section, field in (("data", "image_size"), ("data", "num_channels"), ("data", "centered"),
+                         ("training", "sde")):
+    theirs, ours = classifier_config[section][field], config[section][field]
+    if str(theirs).lower() != str(ours).lower():
       raise UserError(f"The classifier of config.sampling.guidance.classifier={path!r} takes "
-                      f"data.{field}={theirs}, but the score model's is {ours}.")
+                      f"{section}.{field}={theirs!r}, but the score model's is {ours!r}: it "
+                      "would see other images or other noise levels than it was trained on.")
   return classifier_config
 
 

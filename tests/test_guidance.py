@@ -269,3 +269,47 @@ def test_class_grid_gives_each_class_its_rows():
   assert uneven.shape[:2] == (2 * step - 2, full)
   np.testing.assert_array_equal(uneven[0, ::step, 0][:3], [0, 255, 255])
   np.testing.assert_array_equal(uneven[step, ::step, 0][:3], [1, 2, 255])
+
+
+def test_the_shipped_digits_classifier_reads_noisy_digits_and_its_gradient_leads_to_the_class():
+  from configs.demo import digits_ncsnpp  # pylint: disable=g-import-not-at-top
+  from evaluation import digits_classifier  # pylint: disable=g-import-not-at-top
+  import run_lib  # pylint: disable=g-import-not-at-top
+  config = digits_ncsnpp.get_config()
+  config.sampling.guidance.labels = "7"
+  rules = guidance.from_config(config)
+  assert rules.num_classes == 10 and rules.labels == (7,)
+  params = run_lib._classifier_variables(rules, None)  # pylint: disable=protected-access
+  logit_fn = rules.logit_fn_builder(params)
+  images, labels = digits_classifier.digits_split(evaluation=True)
+  x = jnp.asarray(images[:60]) + 0.05 * jax.random.normal(jax.random.PRNGKey(0), (60, 16, 16, 1))
+  logits = logit_fn(x, jnp.full((60,), 0.05))
+  assert np.mean(np.argmax(np.asarray(logits), axis=1) == labels[:60]) > 0.9
+  # At σ = 0.5, a small step along ∇ log p(7 | x) raises p(7 | x) (for all but images already
+  # read as sevens, where the step may overshoot).
+  noisy = jnp.asarray(images[:60]) + 0.5 * jax.random.normal(jax.random.PRNGKey(1),
+                                                            (60, 16, 16, 1))
+  sevens, sigma = jnp.full((60,), 7, jnp.int32), jnp.full((60,), 0.5)
+  gradient = guidance.classifier_log_likelihood_grad(logit_fn, noisy, sigma, sevens)
+  log_p = lambda z: jax.nn.log_softmax(logit_fn(z, sigma))[:, 7]
+  increase = np.asarray(log_p(noisy + 0.01 * gradient) - log_p(noisy))
+  assert np.mean(increase > 0) > 0.9 and np.mean(increase) > 0
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("data.image_size", 32, "data.image_size=16"),
+    ("training.sde", "vpsde", "training.sde='vesde'"),
+])
+def test_a_classifier_that_does_not_fit_the_score_model_is_one_clear_error(field, value, match):
+  from configs.demo import digits_ncsnpp  # pylint: disable=g-import-not-at-top
+  config = digits_ncsnpp.get_config()
+  config.sampling.guidance.labels = "7"
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(UserError, match=match):
+    guidance.from_config(config)
+  config = digits_ncsnpp.get_config()
+  config.sampling.guidance.labels = "7"
+  config.sampling.guidance.classifier = "configs/demo/no_such_classifier.py"
+  with pytest.raises(UserError, match="no such config file"):
+    guidance.from_config(config)
