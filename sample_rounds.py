@@ -43,7 +43,7 @@ ROUND_FILE = re.compile(r"samples_(\d+)(?:_host(\d+))?\.npz$")
 # (recorded as resolved, with the filters' bytes).
 _UNFINGERPRINTED_SAMPLING = ("distributed", "vanilla_comparison", "checkpoint_dir",
                              "checkpoint_step", "num_steps", "speedup", "speedup_rule", "tdas",
-                             "export_arr0")
+                             "export_arr0", "guidance")
 
 
 class FingerprintMismatch(UserError):
@@ -137,8 +137,8 @@ def fingerprint(config, variables, tdas, shape, steps: int, eps: float,
     steps, eps: the sampler's resolved number of steps and end time.
     process_count: the number of processes sharing each round (each writes its own rows).
     device_count: the devices the global batch is split over (all processes together).
-    classifier_variables: with guidance, the classifier's variables: recorded by their SHA-256
-      (the guidance settings are `sampling.guidance.*` fields).
+    classifier_variables: with guidance, the classifier's variables: recorded by their SHA-256,
+      beside the requested labels and the scale (not the files' paths, like the checkpoint's).
   """
   leaves = jax.tree_util.tree_leaves(variables)
   fields = {"variables_sha256": array_digest(leaves)}
@@ -156,6 +156,10 @@ def fingerprint(config, variables, tdas, shape, steps: int, eps: float,
       array = getattr(tdas, name)
       fields[f"tdas.{name}_sha256"] = None if array is None else array_digest([array])
   if classifier_variables is not None:
+    # Guidance: what is asked for and the classifier's weights (not where its files are).
+    guidance = config.sampling.guidance
+    fields["guidance.labels"] = str(guidance.labels).strip()
+    fields["guidance.scale"] = float(guidance.scale)
     fields["guidance.classifier_sha256"] = array_digest(
         jax.tree_util.tree_leaves(classifier_variables))
   fields.update({"batch_shape": [int(s) for s in shape], "steps": int(steps),

@@ -237,8 +237,8 @@ def test_sample_mode_writes_labels_grid_rows_and_fingerprints_the_guidance(tmp_p
   with np.load(out / "samples_1.npz") as round_one:
     np.testing.assert_array_equal(round_one["labels"], [1, 0, 0, 1])  # 12 - 8 rows left
     recorded = json.loads(str(round_one["fingerprint"]))
-  assert recorded["sampling.guidance.labels"] == "1,0,0"
-  assert recorded["sampling.guidance.scale"] == 2.0
+  assert recorded["guidance.labels"] == "1,0,0" and recorded["guidance.scale"] == 2.0
+  assert not [k for k in recorded if k.startswith("sampling.guidance")]  # no file paths
   assert len(recorded["guidance.classifier_sha256"]) == 64
   assert summary["guidance"] == dict(classifier="analytic", checkpoint="", scale=2.0,
                                      labels=[1, 0, 0], num_classes=2)
@@ -250,7 +250,7 @@ def test_sample_mode_writes_labels_grid_rows_and_fingerprints_the_guidance(tmp_p
   assert grid.shape[1] == 10 * tile + 9 * 2
   # Another label is another draw: the kept rounds do not match it.
   config.sampling.guidance.labels = "0"
-  with pytest.raises(FingerprintMismatch, match="sampling.guidance.labels"):
+  with pytest.raises(FingerprintMismatch, match="guidance.labels"):
     run_lib.sample(config, str(tmp_path))
   assert os.path.isfile(out / "samples_0.npz")
 
