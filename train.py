@@ -160,6 +160,17 @@ def summary_writer(workdir: str, initial_step: int):
   return SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=initial_step or None)
 
 
+def close_run_files(writer, *managers):
+  """Lets the managers' pending checkpoint writes finish (also when a run is interrupted), then
+  releases them and the TensorBoard writer (any of them may be None)."""
+  for manager in managers:
+    if manager is not None:
+      manager.wait_until_finished()
+      manager.close()
+  if writer is not None:
+    writer.close()
+
+
 def log_scalars(writer, step: int, **scalars):
   """One line on the console and one TensorBoard scalar per value (process 0 writes)."""
   logging.info("step: %d, %s", step, ", ".join(f"{k}: {v:.5e}" for k, v in scalars.items()))
@@ -275,13 +286,7 @@ def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
             _crossed(previous, step, int(training.snapshot_freq))):
           _save_state(meta_manager, step, state, config)
   finally:
-    # Let pending checkpoint writes finish (also when interrupted), then release the files.
-    for manager in (meta_manager, snapshot_manager):
-      if manager is not None:
-        manager.wait_until_finished()
-        manager.close()
-    if writer is not None:
-      writer.close()
+    close_run_files(writer, meta_manager, snapshot_manager)
   seconds = time.perf_counter() - start_time
   summary = dict(initial_step=initial_step, step=step, training_loss=last_loss,
                  checkpoints=os.path.abspath(os.path.join(workdir, "checkpoints")),

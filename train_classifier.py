@@ -46,7 +46,8 @@ from atomic_io import atomic_write_text
 from models import classifiers
 from sampling import devices
 from train import (TrainingError, _compiled_key, _compiled_once_unoptimised, _crossed,
-                   _quiet_orbax, log_scalars, resume_state, summary_writer)
+                   _quiet_orbax, close_run_files, log_scalars, resume_state,
+                   summary_writer)
 
 ACCURACY_FILE = "classifier_accuracy.json"
 NUM_ACCURACY_SIGMAS = 8   # noise levels of the final accuracy table
@@ -343,12 +344,7 @@ def train(config, workdir, eval_folder=None):  # pylint: disable=unused-argument
             _crossed(previous, step, int(training.snapshot_freq))):
           _save(meta_manager, step, state, config)
   finally:
-    for manager in (meta_manager, snapshot_manager):
-      if manager is not None:
-        manager.wait_until_finished()
-        manager.close()
-    if writer is not None:
-      writer.close()
+    close_run_files(writer, meta_manager, snapshot_manager)
   seconds = time.perf_counter() - start_time
 
   table = evaluate(state.params_ema, sigmas=sigma_grid(sde, NUM_ACCURACY_SIGMAS))

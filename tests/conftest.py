@@ -11,7 +11,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # whole files to two workers in collection order, so starting with the long ones keeps one
 # worker from finishing a long file alone at the end.
 SLOW_FILES_FIRST = (
-    "test_demo.py", "test_train.py", "test_conditional.py", "test_models_ncsnpp_ddpm.py",
+    "test_demo.py", "test_train.py", "test_guidance.py", "test_train_classifier.py",
+    "test_conditional.py", "test_models_ncsnpp_ddpm.py",
     "test_sampling.py", "test_samplers_sigma.py", "test_reliability_limits.py",
     "test_diffusers.py", "test_run_sample.py", "test_evaluation.py",
     "test_calibrate.py", "test_ermongroup.py", "test_reliability.py", "test_likelihood.py",
