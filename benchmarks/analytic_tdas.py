@@ -228,18 +228,9 @@ def tables(rows) -> list:
   return found
 
 
-def _interval(cell: dict) -> paired_stats.Interval:
-  """An `Interval` back from its JSON (a single seed's null bounds become infinite)."""
-  return paired_stats.Interval(**{k: (float("inf") if cell[k] is None else cell[k])
-                                  for k in ("mean", "low", "high", "std", "n", "detectable")})
-
-
-def _difference(cell: dict, digits: int = 4) -> str:
-  interval = _interval(cell)
-  text = f"{paired_stats.format_difference(interval, digits)} {cell['verdict']}"
-  if cell["verdict"] == paired_stats.NO_DIFFERENCE and interval.n > 1:
-    text += f" (detectable {interval.detectable:.{digits}f})"
-  return text
+def _value(cell: dict, digits: int) -> str:
+  """'mean ± half width' of an interval's JSON."""
+  return paired_stats.format_value(paired_stats.Interval.from_json(cell), digits)
 
 
 def _filter_text(summary: dict) -> str:
@@ -258,20 +249,21 @@ def table(result) -> str:
   entries = result["tables"]
   fits = list(dict.fromkeys(e["fit"] for e in entries))
   main = ["| score error | N′ | NFE | W2 vanilla | W2 TDAS | TDAS − vanilla, paired | share of "
-          "vanilla's excess removed | filter (r1, r2, λ1, λ2) |", "|---|---:|---:|---:|---:|---|---:|---|"]
+          "vanilla's excess removed | filter (r1, r2, λ1, λ2) |",
+          "|---|---:|---:|---:|---:|---|---:|---|"]
   for e in (e for e in entries if e["fit"] == fits[0]):
     summary = result["filters"][f"{int(e['score_error'])}/{e['steps']}"][fits[0]]
     main.append(
         f"| {'yes' if e['score_error'] else 'no'} | {e['steps']} | {e['nfe']} | "
-        f"{paired_stats.format_value(_interval(e['vanilla']), 4)} | "
-        f"{paired_stats.format_value(_interval(e['tdas']), 4)} | {_difference(e['tdas_minus_vanilla'])} | "
-        f"{paired_stats.format_value(_interval(e['excess_removed']), 2)} | {_filter_text(summary)} |")
+        f"{_value(e['vanilla'], 4)} | {_value(e['tdas'], 4)} | "
+        f"{paired_stats.verdict_text(e['tdas_minus_vanilla'], 4)} | "
+        f"{_value(e['excess_removed'], 2)} | {_filter_text(summary)} |")
   floors = {}
   for e in entries:
     floors.setdefault(e["score_error"], e["floor"])
   floor = next(iter(floors.values()))
   main.append(f"\nW2 floor ({result['num_samples']} exact samples per seed): "
-              f"{paired_stats.format_value(_interval(floor), 4)}")
+              f"{_value(floor, 4)}")
   text = "\n".join(main)
   if len(fits) > 1:
     others = ["| score error | N′ | fit | W2 TDAS | − vanilla, paired | − " + str(fits[0]) +
@@ -280,8 +272,8 @@ def table(result) -> str:
       against = e.get("minus_" + str(fits[0]))
       others.append(
           f"| {'yes' if e['score_error'] else 'no'} | {e['steps']} | `{e['fit']}` | "
-          f"{paired_stats.format_value(_interval(e['tdas']), 4)} | "
-          f"{_difference(e['tdas_minus_vanilla'])} | {_difference(against) if against else ''} |")
+          f"{_value(e['tdas'], 4)} | {paired_stats.verdict_text(e['tdas_minus_vanilla'], 4)} | "
+          f"{paired_stats.verdict_text(against, 4) if against else ''} |")
     text += "\n\n" + "\n".join(others)
   return text
 

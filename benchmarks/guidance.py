@@ -73,25 +73,13 @@ def guided_config(base, method, steps, filter_file, classifier_config, classifie
   return config
 
 
-class Accuracy:
-  """The metric classifier's reading of samples: the share of the requested class, and the
-  Fréchet distance of its features (`benchmarks.learned_tdas.Measure`)."""
-
-  def __init__(self):
-    self.variables = digits_classifier.load_classifier()
-    self.quality = learned_tdas.Measure(self.variables, bins=8)
-
-  def __call__(self, images, labels) -> dict:
-    """images (N, 16, 16, 1) in [0, 1]; labels (N,) the requested classes."""
-    logits, _ = digits_classifier.logits_and_features(self.variables, np.clip(images, 0, 1))
-    read = np.argmax(logits, axis=1)
-    result = dict(accuracy=float(np.mean(read == labels)),
-                  per_class_accuracy=[float(np.mean(read[labels == c] == c))
-                                      for c in range(digits_classifier.NUM_CLASSES)])
-    quality = self.quality(images)
-    result.update(frechet_distance=quality["frechet_distance"],
-                  label_entropy=quality["label_entropy"])
-    return result
+def measure(quality, images, labels) -> dict:
+  """The metric classifier's reading of class-conditional samples (N, 16, 16, 1) in [0, 1]
+  against the requested `labels` (N,): accuracy (overall and per class), the Fréchet distance
+  and the label entropy, from one pass of `evaluation.digits_classifier.DigitsQuality`."""
+  result = quality(images, labels)
+  return {k: result[k] for k in ("accuracy", "per_class_accuracy", "frechet_distance",
+                                 "label_entropy")}
 
 
 def run(workdir, methods, budgets, scales, variants, num_samples, seeds, calibration_samples,
@@ -101,7 +89,7 @@ def run(workdir, methods, budgets, scales, variants, num_samples, seeds, calibra
   base.sampling.vanilla_comparison = False
   devices.set_matmul_precision(base)
   variables, source = checkpoints.load_variables(base, workdir)
-  measure = Accuracy()
+  quality = digits_classifier.DigitsQuality(digits_classifier.load_classifier())
   shape = (num_samples, base.data.image_size, base.data.image_size, base.data.num_channels)
   rows, grid, classifier_variables, calibrations = [], None, None, {}
   for method in methods:
@@ -132,7 +120,7 @@ def run(workdir, methods, budgets, scales, variants, num_samples, seeds, calibra
             x, nfe, seconds = learned_tdas.draw(sampler, guided, tdas, steps, seed)
             row = dict(method=method, variant=variant, steps=steps, nfe=nfe, scale=scale,
                        seed=seed, num_samples=num_samples, seconds=seconds,
-                       **measure(to_data_scale(x, base.data.centered), labels))
+                       **measure(quality, to_data_scale(x, base.data.centered), labels))
             rows.append(row)
             logging.info("%s %s %d NFE w=%g seed %d: accuracy %.3f, FD %.2f", method, variant,
                          nfe, scale, seed, row["accuracy"], row["frechet_distance"])
@@ -178,19 +166,8 @@ def tables(rows) -> list:
   return found
 
 
-def _interval(cell) -> paired_stats.Interval:
-  return paired_stats.Interval(**{k: (float("inf") if cell[k] is None else cell[k])
-                                  for k in ("mean", "low", "high", "std", "n", "detectable")})
-
-
-def _difference(cell, digits) -> str:
-  if cell is None:
-    return ""
-  interval = _interval(cell)
-  text = f"{paired_stats.format_difference(interval, digits)} {cell['verdict']}"
-  if cell["verdict"] == paired_stats.NO_DIFFERENCE and interval.n > 1:
-    text += f" (detectable {interval.detectable:.{digits}f})"
-  return text
+def _verdict_or_blank(cell, digits) -> str:
+  return "" if cell is None else paired_stats.verdict_text(cell, digits)
 
 
 def table_text(result) -> str:
@@ -203,9 +180,9 @@ def table_text(result) -> str:
   for e in result["tables"]:
     cells = []
     for field, digits in (("accuracy", 3), ("frechet_distance", 1)):
-      cells += [paired_stats.format_value(_interval(e[field]), digits),
-                _difference(e.get(f"{field}_minus_unguided"), digits),
-                _difference(e.get(f"{field}_minus_vanilla"), digits)]
+      cells += [paired_stats.format_value(paired_stats.Interval.from_json(e[field]), digits),
+                _verdict_or_blank(e.get(f"{field}_minus_unguided"), digits),
+                _verdict_or_blank(e.get(f"{field}_minus_vanilla"), digits)]
     lines.append(f"| {LABELS[e['method']]} | {e['nfe']} | {e['variant']} | {e['scale']:g} | "
                  + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -50,6 +50,12 @@ class Interval:
     """The fields, with null for the infinite or undefined ones of a single seed (strict JSON)."""
     return {k: (v if math.isfinite(v) else None) for k, v in dataclasses.asdict(self).items()}
 
+  @classmethod
+  def from_json(cls, cell: Mapping[str, float]) -> "Interval":
+    """The interval `to_json` wrote (its nulls, a single seed's bounds, become infinite)."""
+    return cls(**{f.name: (math.inf if cell[f.name] is None else cell[f.name])
+                  for f in dataclasses.fields(cls)})
+
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
   """The t interval of the mean of `values` (n,), n >= 2 for a finite interval."""
@@ -109,6 +115,16 @@ def format_difference(difference: Interval, digits: int = 1) -> str:
   """'+3.2 [+1.0, +5.4]': the mean difference and its interval."""
   return (f"{_signed(difference.mean, digits)} [{_signed(difference.low, digits)}, "
           f"{_signed(difference.high, digits)}]")
+
+
+def verdict_text(cell: Mapping[str, object], digits: int = 1) -> str:
+  """'+3.2 [+1.0, +5.4] worse', or '... no difference measured (detectable 4.1)': a paired
+  difference as a JSON cell (`Interval.to_json()` plus `verdict`) reads in a table."""
+  interval = Interval.from_json(cell)
+  text = f"{format_difference(interval, digits)} {cell['verdict']}"
+  if cell["verdict"] == NO_DIFFERENCE and interval.n > 1:
+    text += f" (detectable {interval.detectable:.{digits}f})"
+  return text
 
 
 def paired_cells(variant: Mapping[int, float], baseline: Mapping[int, float], digits: int,

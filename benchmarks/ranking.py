@@ -106,13 +106,7 @@ def _value(entry, field, digits) -> str:
 
 
 def _difference_text(comparison, field, digits) -> str:
-  difference = comparison[field]
-  interval = paired_stats.Interval(**{k: difference[k] for k in (
-      "mean", "low", "high", "std", "n", "detectable")})
-  text = f"{paired_stats.format_difference(interval, digits)} {difference['verdict']}"
-  if difference["verdict"] == paired_stats.NO_DIFFERENCE and interval.n > 1:
-    text += f" (detectable {interval.detectable:.{digits}f})"
-  return text
+  return paired_stats.verdict_text(comparison[field], digits)
 
 
 def table_text(result, budgets, field: str = "frechet_distance", digits: int = 1) -> str:

@@ -140,11 +140,21 @@ class DigitsQuality:
     self.kernel_scale = float(np.sqrt(np.mean(np.square(features, dtype=np.float64))))
     self.reference_features = features / self.kernel_scale
 
-  def __call__(self, images) -> Dict[str, object]:
-    """images: (N, 16, 16, 1) in [0, 1] (clipped here). Returns the JSON-ready measures."""
+  def __call__(self, images, requested_labels=None) -> Dict[str, object]:
+    """images: (N, 16, 16, 1) in [0, 1] (clipped here). Returns the JSON-ready measures; with
+    `requested_labels` (N,) (class-conditional samples) also `accuracy`, the share read as the
+    requested class, and `per_class_accuracy`."""
     logits, features = logits_and_features(self.variables, np.clip(images, 0.0, 1.0))
     p = special.softmax(logits, axis=1)
-    return dict(
+    read = np.argmax(logits, axis=1)
+    extra = {}
+    if requested_labels is not None:
+      requested = np.asarray(requested_labels).reshape(-1)
+      extra = dict(accuracy=float(np.mean(read == requested)),
+                   per_class_accuracy=[float(np.mean(read[requested == c] == c))
+                                       if np.any(requested == c) else None
+                                       for c in range(NUM_CLASSES)])
+    return dict(**extra,
         frechet_distance=self._metrics.frechet_distance(
             *self._metrics.mean_and_covariance(features), self.reference_mu,
             self.reference_sigma),
@@ -153,7 +163,7 @@ class DigitsQuality:
                                                            features / self.kernel_scale),
         label_entropy=float(special.entr(p.mean(axis=0)).sum()),
         mean_image_entropy=float(special.entr(p).sum(axis=1).mean()),
-        label_histogram=np.bincount(np.argmax(logits, axis=1), minlength=NUM_CLASSES).tolist())
+        label_histogram=np.bincount(read, minlength=NUM_CLASSES).tolist())
 
 
 def _info_path(weights_path: str) -> str:

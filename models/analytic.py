@@ -463,11 +463,10 @@ def _declare_target(module: nn.Module, config, x):
   return mean, dct_variance, offset
 
 
-def _mixture_logit(coefficients, a4, offset, variance):
+def _mixture_logit(coefficients, a4, offset_dct, variance):
   """l = log p(y = 1 | x) - log p(y = 0 | x), (B,), of the two-class mixture: 2 a sum(ô u / c)
-  with u the DCT of x - a mu (`coefficients`, (B, H, W, C)), ô = D(o) and c = a² v + s²
-  (`variance`, (B, H, W, C))."""
-  offset_dct = _dct2(offset[None])
+  with u the DCT of x - a mu (`coefficients`, (B, H, W, C)), ô = D(o) (`offset_dct`,
+  (1, H, W, C)) and c = a² v + s² (`variance`, (B, H, W, C))."""
   return 2.0 * a4.reshape(-1) * jnp.sum(offset_dct * coefficients / variance, axis=(1, 2, 3))
 
 
@@ -513,9 +512,9 @@ class AnalyticGaussian(nn.Module):
     variance = a4 ** 2 * dct_variance + s4 ** 2
     if offset is not None:
       # The mixture: u - a ô E[2y - 1 | x], E[2y - 1 | x] = tanh(l / 2).
-      half_logit = 0.5 * _mixture_logit(coefficients, a4, offset, variance)
-      coefficients = coefficients - a4 * _dct2(offset[None]) * jnp.tanh(half_logit).reshape(
-          -1, 1, 1, 1)
+      offset_dct = _dct2(offset[None])
+      half_logit = 0.5 * _mixture_logit(coefficients, a4, offset_dct, variance)
+      coefficients = coefficients - a4 * offset_dct * jnp.tanh(half_logit).reshape(-1, 1, 1, 1)
     score_dct = -coefficients / variance
     if score_error:
       score_dct = score_dct * score_error_gamma(s, x.shape[1], x.shape[2], e, p, sigma_c)
@@ -553,5 +552,6 @@ class AnalyticMixtureClassifier(nn.Module):
       a = jnp.sqrt(jnp.maximum(1.0 - s, 0.0))
     a4, s4 = a.reshape(-1, 1, 1, 1), s.reshape(-1, 1, 1, 1)
     coefficients = _dct2(x - a4 * mean)
-    logit = _mixture_logit(coefficients, a4, offset, a4 ** 2 * dct_variance + s4 ** 2)
+    logit = _mixture_logit(coefficients, a4, _dct2(offset[None]),
+                           a4 ** 2 * dct_variance + s4 ** 2)
     return jnp.stack([-0.5 * logit, 0.5 * logit], axis=-1)

@@ -194,3 +194,15 @@ def test_guidance_tables_pair_each_scale_with_unguided_and_tdas_with_vanilla():
   text = guidance.table_text(dict(tables=guidance.tables(rows)))
   assert "| DPM-Solver++(2M) SDE | 20 | vanilla | 2 | 0.903 ± 0.038 | +0.800 [+0.800, +0.800] " \
          "better |" in text
+
+
+def test_digits_quality_reads_the_requested_class_in_the_same_pass():
+  from evaluation import digits_classifier  # pylint: disable=g-import-not-at-top
+  from benchmarks import guidance  # pylint: disable=g-import-not-at-top
+  quality = digits_classifier.DigitsQuality(digits_classifier.load_classifier())
+  images, labels = digits_classifier.digits_split(evaluation=True)
+  right = guidance.measure(quality, images, labels)
+  assert right["accuracy"] > 0.99 and min(right["per_class_accuracy"]) > 0.9
+  wrong = guidance.measure(quality, images, (labels + 1) % 10)
+  assert wrong["accuracy"] < 0.05
+  assert wrong["frechet_distance"] == right["frechet_distance"]  # the labels change only these
