@@ -45,6 +45,7 @@ import validation
 from atomic_io import atomic_write_text
 from models import classifiers
 from sampling import devices
+from sampling.denoiser import DenoiserView
 from train import (TrainingError, _compiled_key, _compiled_once_unoptimised, _crossed,
                    _quiet_orbax, close_run_files, log_scalars, resume_state,
                    summary_writer)
@@ -179,15 +180,18 @@ def accuracy_sigma_range(sde) -> Tuple[float, float]:
 
 
 def times_for_stds(sde, stds) -> np.ndarray:
-  """The times t in [0, T] at which the marginal std equals `stds` (bisection; the std increases
-  with t for every SDE here)."""
+  """The times t at which the marginal std equals `stds`: the denoiser view's closed-form t(σ)
+  at σ = std / s(t), the mean scale s(t) being 1 (VE), sqrt(1 - std²) (VP) or sqrt(1 - std)
+  (subVP, whose std is 1 - s²)."""
   stds = np.asarray(stds, np.float64)
-  low, high = np.zeros_like(stds), np.full_like(stds, float(sde.T))
-  for _ in range(60):
-    middle = (low + high) / 2
-    below = _sde_std(sde, middle) < stds
-    low, high = np.where(below, middle, low), np.where(below, high, middle)
-  return (low + high) / 2
+  if isinstance(sde, sde_lib.VESDE):
+    scale = np.ones_like(stds)
+  elif isinstance(sde, sde_lib.subVPSDE):
+    scale = np.sqrt(1.0 - stds)
+  else:
+    scale = np.sqrt(1.0 - stds ** 2)
+  view = DenoiserView(sde, continuous=True, eps=float(sde.sampling_eps))
+  return np.asarray(view.t_of_sigma(jnp.asarray(stds / scale, jnp.float32)), np.float64)
 
 
 def sigma_grid(sde, count: int) -> np.ndarray:

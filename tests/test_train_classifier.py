@@ -8,12 +8,14 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import checkpoints
 import datasets
 import run_lib
+import sde_lib
 import train_classifier
 from configs.demo import digits_classifier
 from errors import UserError
@@ -201,3 +203,13 @@ def test_classifier_config_of_an_unlabelled_data_set_fails_before_compiling(tmp_
   with pytest.raises(datasets.DatasetError, match="labels are available for DIGITS"):
     run_lib.train(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("sde", [sde_lib.VESDE(0.01, 10.0, 100), sde_lib.VPSDE(0.1, 20.0, 100),
+                                 sde_lib.subVPSDE(0.1, 20.0, 100)])
+def test_accuracy_noise_levels_are_reached_at_their_times(sde):
+  stds = train_classifier.sigma_grid(sde, 8)
+  times = train_classifier.times_for_stds(sde, stds)
+  reached = np.asarray(sde.marginal_prob(jnp.zeros((8, 1)), jnp.asarray(times, jnp.float32))[1])
+  np.testing.assert_allclose(reached, stds, rtol=2e-4)
+  assert np.all(np.diff(times) > 0) and 0 <= times[0] and times[-1] <= sde.T + 1e-6
