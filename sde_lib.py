@@ -226,6 +226,17 @@ class subVPSDE(VPSDE):  # pylint: disable=invalid-name  (score_sde's name)
 _SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
 
 
+def mean_scale_from_std(sde, std):
+  """s(t) of the marginal x_t = s(t) x0 + std(t) z, from its std (jnp): 1 (VE), sqrt(1 - std²)
+  (VP), sqrt(1 - std) (subVP, whose "std" is 1 - s², docs/numerics.md §2)."""
+  std = jnp.asarray(std)
+  if isinstance(sde, VESDE):
+    return jnp.ones_like(std)
+  if isinstance(sde, subVPSDE):
+    return jnp.sqrt(jnp.maximum(1.0 - std, 0.0))
+  return jnp.sqrt(jnp.maximum(1.0 - std ** 2, 0.0))
+
+
 def get_sde(config, num_steps=None) -> SDE:
   """The SDE that `config.training.sde` names, with `num_steps` (default model.num_scales) steps."""
   name = str(config.training.sde).lower()

@@ -183,15 +183,9 @@ def times_for_stds(sde, stds) -> np.ndarray:
   """The times t at which the marginal std equals `stds`: the denoiser view's closed-form t(σ)
   at σ = std / s(t), the mean scale s(t) being 1 (VE), sqrt(1 - std²) (VP) or sqrt(1 - std)
   (subVP, whose std is 1 - s²)."""
-  stds = np.asarray(stds, np.float64)
-  if isinstance(sde, sde_lib.VESDE):
-    scale = np.ones_like(stds)
-  elif isinstance(sde, sde_lib.subVPSDE):
-    scale = np.sqrt(1.0 - stds)
-  else:
-    scale = np.sqrt(1.0 - stds ** 2)
+  stds = jnp.asarray(stds, jnp.float32)
   view = DenoiserView(sde, continuous=True, eps=float(sde.sampling_eps))
-  return np.asarray(view.t_of_sigma(jnp.asarray(stds / scale, jnp.float32)), np.float64)
+  return np.asarray(view.t_of_sigma(stds / sde_lib.mean_scale_from_std(sde, stds)), np.float64)
 
 
 def sigma_grid(sde, count: int) -> np.ndarray:

@@ -543,13 +543,7 @@ class AnalyticMixtureClassifier(nn.Module):
       raise UserError('Guidance with the analytic classifier needs the two-class mixture target: '
                        'set config.model.class_offset > 0.')
     s = jnp.asarray(noise_std, jnp.float32).reshape(-1)
-    kind = str(config.training.sde).lower()
-    if kind == 'vesde':
-      a = jnp.ones_like(s)
-    elif kind == 'vpsde':
-      a = jnp.sqrt(jnp.maximum(1.0 - s ** 2, 0.0))
-    else:  # subvpsde: std = 1 - a²
-      a = jnp.sqrt(jnp.maximum(1.0 - s, 0.0))
+    a = sde_lib.mean_scale_from_std(sde_lib.get_sde(config, num_steps=1), s)
     a4, s4 = a.reshape(-1, 1, 1, 1), s.reshape(-1, 1, 1, 1)
     coefficients = _dct2(x - a4 * mean)
     logit = _mixture_logit(coefficients, a4, _dct2(offset[None]),
