@@ -232,6 +232,9 @@ def _warn_filter_steps(tdas, steps):
 def evaluate(config, workdir, eval_folder="eval"):
   """FID, KID, IS and frequency deviation of <workdir>/<eval_folder>/samples_*.npz -> metrics.json.
 
+  With `config.eval.metric = 'digits'` (the digits demo) the digits metric classifier's measures
+  instead, with the share of samples read as the class each was asked for.
+
   `config.eval.samples_path` evaluates another tool's samples instead: an `arr_0` / `samples`
   .npz or a folder of PNG / JPEG images (metrics.json still goes to <workdir>/<eval_folder>/).
   Against the data's Inception statistics (config.eval.stats_file, default
@@ -247,18 +250,29 @@ def evaluate(config, workdir, eval_folder="eval"):
   samples_path = str(config.eval.get("samples_path", "") or "") or out_dir
   if samples_path != out_dir or os.path.isdir(out_dir):  # (a missing folder: no samples, below)
     sample_rounds.check_writable(out_dir)
-  result = evaluation.evaluate_folder(config, workdir, samples_path)
+  if config.eval.get("metric", "inception") == "digits":
+    result = evaluation.evaluate_digits_folder(samples_path)
+  else:
+    result = evaluation.evaluate_folder(config, workdir, samples_path)
   if config.eval.get("enable_bpd", False):  # score_sde's field: bits/dim of the data as well
     result["bpd"] = _bits_per_dim(config, workdir)
   path = os.path.join(out_dir, "metrics.json")
   atomic_write_text(path, json.dumps(result, indent=2))
-  kid, score = result["kid"], result["inception_score"]
-  logging.info("%d samples: FID %.4f, KID %s, IS %.3f ± %.3f -> %s", result["num_samples"],
-               result["fid"], "n/a" if kid is None else f"{kid['mean']:.5f}", score["mean"],
-               score["std"], path)
+  if result["metric"] == "digits":
+    accuracy = result["accuracy"]
+    logging.info("%d samples: Fréchet distance %.3f (digits classifier), accuracy %s -> %s",
+                 result["num_samples"], result["frechet_distance"],
+                 "n/a (no labels)" if accuracy is None else f"{accuracy:.3f}", path)
+    headline = dict(frechet_distance=result["frechet_distance"], accuracy=accuracy)
+  else:
+    kid, score = result["kid"], result["inception_score"]
+    logging.info("%d samples: FID %.4f, KID %s, IS %.3f ± %.3f -> %s", result["num_samples"],
+                 result["fid"], "n/a" if kid is None else f"{kid['mean']:.5f}", score["mean"],
+                 score["std"], path)
+    headline = dict(fid=result["fid"], kid=None if kid is None else kid["mean"],
+                    inception_score=score["mean"])
   print(json.dumps(dict(metrics=os.path.abspath(path), num_samples=result["num_samples"],
-                        fid=result["fid"], kid=None if kid is None else kid["mean"],
-                        inception_score=score["mean"])))
+                        **headline)))
   return result
 
 

@@ -238,7 +238,12 @@ def check_likelihood_mode(config):
 
 
 def check_eval_mode(config):
-  """`--mode eval`: the Inception batch (299 x 299 x 3 float32 per image) against memory."""
+  """`--mode eval`: the metric; the Inception batch (299 x 299 x 3 float32 per image) against
+  memory."""
+  metric = config.eval.get("metric", "inception")
+  if metric not in ("inception", "digits"):
+    raise UserError(f"config.eval.metric={metric!r} must be 'inception' (FID, KID, IS) or "
+                    "'digits' (the digits demo's metric classifier).")
   batch_size = positive_int({"size": config.eval.get("inception_batch_size", 64)}, "size",
                             name="config.eval.inception_batch_size")
   check_fits_memory(float(batch_size) * 299 * 299 * 3 * 4 * 2, "config.eval.inception_batch_size",

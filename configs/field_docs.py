@@ -106,6 +106,10 @@ FIELD_DOCS = {
     'data.tfds_data_dir':
         ("where prepared tfds data sets live (`''` = `$TFDS_DATA_DIR` or "
          '`~/tensorflow_datasets`); never downloaded'),
+    'eval.metric':
+        ("`inception`: FID, KID, IS against the Inception statistics; `digits`: the digits "
+         "demo's metric classifier (Fréchet distance to the held-out digits, label entropy, "
+         "and the share read as the requested class of class-conditional samples)"),
     'eval.samples_path':
         ("what `--mode eval` reads (`''` = the `--eval_folder`'s rounds): an `arr_0` / "
          '`samples` `.npz` or a PNG / JPEG folder'),

@@ -106,6 +106,8 @@ _DATA_DEFAULTS = dict(
 # `config.eval` (score_sde's section, extended): `--mode eval` (FID / KID / IS, frequency
 # deviation) and the Inception statistics `--mode stats` writes.
 _EVAL_DEFAULTS = dict(
+    metric='inception',        # 'inception' (FID/KID/IS) | 'digits' (the digits demo's metric
+                               # classifier: Fréchet distance, accuracy against requested labels)
     samples_path='',           # what --mode eval reads: '' = <workdir>/<eval_folder> (rounds);
                                # or a .npz (`samples` or `arr_0`, uint8 NHWC) or an image folder
     stats_file='',             # data's Inception statistics; '' = <workdir>/stats/<dataset>_<size>.npz

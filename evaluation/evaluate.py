@@ -1,7 +1,9 @@
 """The metrics of a sample folder (`--mode eval`): FID, KID, IS, precision/recall, frequency
-deviation, against the data set's statistics files.
+deviation, against the data set's statistics files; or, for the digits demo, the measures of the
+digits metric classifier, with the accuracy of class-conditional samples.
 
-`run_lib.evaluate` calls `evaluate_folder` and writes the result as `metrics.json`.
+`run_lib.evaluate` calls `evaluate_folder` (`config.eval.metric = 'inception'`) or
+`evaluate_digits_folder` (`'digits'`) and writes the result as `metrics.json`.
 """
 import os
 import time
@@ -10,6 +12,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 from absl import logging
 
+from evaluation import digits_classifier
 from evaluation import inception as inception_lib
 from evaluation import metrics
 import sample_rounds
@@ -179,7 +182,7 @@ def evaluate_folder(config, workdir: str, folder: str, extractor=None,
   for note in notes:
     logging.warning("%s", note)
   return dict(
-      fid=fid, kid=kid, inception_score=inception_score, precision_recall=precision_recall,
+      metric="inception", fid=fid, kid=kid, inception_score=inception_score, precision_recall=precision_recall,
       frequency_deviation=frequency_deviation,
       num_samples=int(total), image_shape=[int(s) for s in shapes[0]],
       sample_files=[os.path.basename(f) for f in files],
@@ -194,3 +197,59 @@ def evaluate_folder(config, workdir: str, folder: str, extractor=None,
       inception_input_size=extractor.image_size,
       is_logits="pool_3 @ fc.kernel (no bias), as the original Inception Score code",
       notes=notes, seconds=time.time() - start_time)
+
+
+def evaluate_digits_folder(folder: str, weights: str = digits_classifier.DEFAULT_WEIGHTS
+                           ) -> Dict[str, Any]:
+  """The digits measures of `folder`'s samples (`config.eval.metric = 'digits'`).
+
+  The metric classifier `evaluation.digits_classifier` (not the classifier that guided sampling)
+  stands in for Inception: the Fréchet and kernel distances of its features to the 300 held-out
+  digits, the label entropy and histogram, and, when the sample files record the labels the
+  sampler was asked for (`labels`; guided-diffusion's `arr_1`), the share of samples it reads as
+  the requested class, overall and per class.
+
+  Returns:
+    The JSON-ready dict: `metric` 'digits', `frechet_distance`, `kernel_distance` (KID x 10^3),
+    `label_entropy`, `mean_image_entropy`, `label_histogram` (10,), `accuracy` and
+    `per_class_accuracy` (10, None for a class not requested) or None each when no labels are
+    recorded, and what they were computed from.
+  """
+  start_time = time.time()
+  files = statistics.sample_files(folder)
+  sampling_fingerprint = _common_fingerprint(files)
+  images, labels = [], []
+  for path in files:
+    samples = statistics.read_samples(path)
+    if samples.shape[1:] != digits_classifier.IMAGE_SHAPE:
+      raise UserError(f"{path!r} holds {samples.shape[1:]} images; config.eval.metric='digits' "
+                       f"measures {digits_classifier.IMAGE_SHAPE} digits (the digits demo's "
+                       "data). Use config.eval.metric='inception' for other data.")
+    images.append(samples)
+    labels.append(statistics.read_labels(path, len(samples)))
+  labelled = [label is not None for label in labels]
+  if any(labelled) and not all(labelled):
+    raise UserError(f"{folder!r} mixes sample files with requested labels and files without "
+                     f"({files[labelled.index(False)]!r}): evaluate each run's own folder.")
+  requested = np.concatenate(labels) if all(labelled) else None
+  if requested is not None and (requested.min() < 0 or
+                                requested.max() >= digits_classifier.NUM_CLASSES):
+    raise UserError(f"{folder!r} records labels outside 0..{digits_classifier.NUM_CLASSES - 1} "
+                     f"(from {requested.min()} to {requested.max()}).")
+  images = np.concatenate(images)
+  if len(images) < 2:
+    raise UserError(f"{folder!r} holds {len(images)} sample(s); the Fréchet distance needs at "
+                     "least 2.")
+  quality = digits_classifier.DigitsQuality(digits_classifier.load_classifier(weights))
+  measures = quality(images.astype(np.float32) / 255.0, requested)
+  measures.setdefault("accuracy", None)
+  measures.setdefault("per_class_accuracy", None)
+  return dict(
+      metric="digits", **measures, num_samples=int(len(images)),
+      image_shape=list(digits_classifier.IMAGE_SHAPE),
+      sample_files=[os.path.basename(f) for f in files],
+      sampling_fingerprint=sampling_fingerprint,
+      metric_classifier=os.path.abspath(weights),
+      metric_classifier_sha256=inception_lib.file_sha256(weights),
+      reference="the 300 held-out digits (datasets.digits_held_out)",
+      seconds=time.time() - start_time)

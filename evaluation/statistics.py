@@ -308,6 +308,25 @@ def read_samples(path: str) -> np.ndarray:
   return samples
 
 
+def read_labels(path: str, num_images: int) -> Optional[np.ndarray]:
+  """The requested class of each image in one sample file, or None when it records none:
+  `labels` (class-conditional rounds of `--mode sample`) or, beside `arr_0`, `arr_1`
+  (guided-diffusion's class-conditional files). A count other than `num_images` is an error."""
+  if path.lower().endswith(IMAGE_SUFFIXES):
+    return None
+  with np.load(path, allow_pickle=False) as data:
+    key = "labels" if "labels" in data.files else (
+        "arr_1" if "arr_0" in data.files and "arr_1" in data.files else None)
+    if key is None:
+      return None
+    labels = data[key]
+  if labels.ndim != 1 or len(labels) != num_images or not np.issubdtype(labels.dtype,
+                                                                         np.integer):
+    raise UserError(f"Sample file {path!r}: `{key}` is {labels.dtype} {labels.shape}; expected "
+                     f"one integer class per image ({num_images},).")
+  return labels.astype(np.int64)
+
+
 def _read_picture(path: str) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:

@@ -708,3 +708,86 @@ def test_stats_mode_writes_the_inception_statistics_eval_reads(tmp_path, weight_
                       lambda: (str(tmp_path / "nowhere" / "pt_inception.pth"),))
   config.eval.inception_weights = ""
   assert run_lib.stats(config, str(tmp_path / "other"))["files"]["inception"] is None
+
+
+# ----------------------------------------------------------------------------------------------
+# --mode eval with the digits metric classifier (config.eval.metric = 'digits')
+
+
+def test_digits_eval_reports_accuracy_against_the_requested_labels(tmp_path):
+  """Held-out digits written as two class-conditional rounds: the metric classifier reads them
+  as their own labels (its held-out accuracy, 0.99+), and as almost none of them when each round
+  records the next class instead; guided-diffusion's arr_0/arr_1 files read the same way; a
+  folder without labels gets the other measures and accuracy None."""
+  import run_lib  # pylint: disable=g-import-not-at-top
+  from configs.demo import digits_ncsnpp  # pylint: disable=g-import-not-at-top
+  from evaluation import digits_classifier  # pylint: disable=g-import-not-at-top
+  images, labels = digits_classifier.digits_split(evaluation=True)
+  pixels = np.round(images * 255).astype(np.uint8)
+  config = digits_ncsnpp.get_config()
+  folder = tmp_path / "eval"
+  folder.mkdir()
+
+  def write(requested):
+    for r, rows in enumerate((slice(0, 180), slice(180, 300))):
+      np.savez(folder / f"samples_{r}.npz", samples=pixels[rows], labels=requested[rows])
+
+  write(labels)
+  result = run_lib.evaluate(config, str(tmp_path))
+  written = json.loads((folder / "metrics.json").read_text())
+  assert written["metric"] == "digits" and written["num_samples"] == 300
+  assert written["accuracy"] == pytest.approx(result["accuracy"])
+  # The classifier's own held-out accuracy, recorded when the weights were made (the images
+  # here are rounded to uint8, which may move a borderline digit or two).
+  assert result["accuracy"] >= digits_classifier.load_info()["test_accuracy"] - 2 / 300
+  assert min(result["per_class_accuracy"]) > 0.9
+  assert result["frechet_distance"] < 1.0  # the held-out digits are the reference set
+  write((labels + 1) % 10)
+  shifted = run_lib.evaluate(config, str(tmp_path))
+  assert shifted["accuracy"] < 0.05
+  assert shifted["frechet_distance"] == pytest.approx(result["frechet_distance"])
+
+  other_tool = tmp_path / "guided_diffusion.npz"
+  np.savez(other_tool, pixels[:50], labels[:50])  # arr_0 images, arr_1 labels
+  config.eval.samples_path = str(other_tool)
+  assert run_lib.evaluate(config, str(tmp_path))["accuracy"] > 0.9
+  np.savez(other_tool, pixels[:50])
+  unlabelled = run_lib.evaluate(config, str(tmp_path))
+  assert unlabelled["accuracy"] is None and unlabelled["per_class_accuracy"] is None
+  assert np.isfinite(unlabelled["frechet_distance"])
+
+
+@pytest.mark.parametrize("case, match", [
+    ("rgb", r"config.eval.metric='digits' measures \(16, 16, 1\)"),
+    ("mixed", "mixes sample files with requested labels"),
+    ("float_labels", "one integer class per image"),
+    ("short_labels", "one integer class per image"),
+    ("out_of_range", "labels outside 0..9"),
+    ("metric", "config.eval.metric='fid' must be"),
+])
+def test_digits_eval_bad_input_is_one_clear_error(tmp_path, case, match):
+  import run_lib  # pylint: disable=g-import-not-at-top
+  from configs.demo import digits_ncsnpp  # pylint: disable=g-import-not-at-top
+  from errors import UserError  # pylint: disable=g-import-not-at-top
+  config = digits_ncsnpp.get_config()
+  folder = tmp_path / "eval"
+  folder.mkdir()
+  grey = np.zeros((4, 16, 16, 1), np.uint8)
+  labels = np.arange(4)
+  if case == "rgb":
+    np.savez(folder / "samples_0.npz", samples=np.zeros((4, 32, 32, 3), np.uint8))
+  elif case == "mixed":
+    np.savez(folder / "samples_0.npz", samples=grey, labels=labels)
+    np.savez(folder / "samples_1.npz", samples=grey)
+  elif case == "float_labels":
+    np.savez(folder / "samples_0.npz", samples=grey, labels=labels.astype(np.float32))
+  elif case == "short_labels":
+    np.savez(folder / "samples_0.npz", samples=grey, labels=labels[:3])
+  elif case == "out_of_range":
+    np.savez(folder / "samples_0.npz", samples=grey, labels=labels + 7)
+  else:
+    np.savez(folder / "samples_0.npz", samples=grey)
+    config.eval.metric = "fid"
+  with pytest.raises(UserError, match=match):
+    run_lib.evaluate(config, str(tmp_path))
+  assert not (folder / "metrics.json").exists()
