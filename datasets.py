@@ -251,11 +251,13 @@ def labelled_images(config, evaluation: bool = False):
   """(images, labels) of the config's data set, whole in memory, for training a classifier.
 
   images: float32 (N, H, W, C) in the score model's data space (`get_data_scaler`: [0, 1], or
-  [-1, 1] with data.centered); labels: int32 (N,). Two sources have labels:
+  [-1, 1] with data.centered); labels: int32 (N,). Three sources have labels:
   - data.dataset 'DIGITS' (no data.path): the split of `digits_images` with scikit-learn's
     targets 0..9;
   - an `.npz` at data.path holding `images` (uint8, as `read_npz_images` reads) and `labels`
-    (integers >= 0, one per image). Like `get_split`, both splits are then the whole file.
+    (integers >= 0, one per image). Like `get_split`, both splits are then the whole file;
+  - a prepared tfds data set with a `label` feature (data.dataset 'CIFAR10', 'SVHN'): its
+    training or evaluation split, preprocessed as for score training.
   Any other data set raises DatasetError.
   """
   size, channels = int(config.data.image_size), int(config.data.num_channels)
@@ -279,13 +281,39 @@ def labelled_images(config, evaluation: bool = False):
     targets = load_digits().target
     held_out = digits_held_out(targets.shape[0])
     labels = targets[held_out] if evaluation else targets[~held_out]
+  elif not path and str(config.data.dataset).upper() in TFDS_NAMES:
+    unit, labels = _labelled_tfds(config, TFDS_NAMES[str(config.data.dataset).upper()],
+                                  evaluation)
+    return np.asarray(get_data_scaler(config)(unit), np.float32), labels
   else:
     source = (f"config.data.path={path!r}" if path
               else f"config.data.dataset={config.data.dataset!r}")
-    raise DatasetError(f"{source} has no class labels here: labels are available for DIGITS and "
-                       "for an .npz file (config.data.path) holding `images` and `labels`.")
+    raise DatasetError(f"{source} has no class labels here: labels are available for DIGITS, "
+                       f"the labelled tfds data sets ({', '.join(sorted(TFDS_NAMES))} with a "
+                       "`label` feature) and an .npz file (config.data.path) holding `images` "
+                       "and `labels`.")
   unit = images.astype(np.float32) / np.float32(255.0)
   return np.asarray(get_data_scaler(config)(unit), np.float32), labels.astype(np.int32)
+
+
+def _labelled_tfds(config, name, evaluation):
+  """(float32 (N, S, S, C) in [0, 1], int32 (N,)) of a whole split of tfds data set `name`, in
+  its stored order, preprocessed as `get_split` does (no flips: the classifier trainer's batches
+  are drawn from these arrays)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  split = TFDS_EVAL_SPLITS[name] if evaluation else "train"
+  stream, prepare, where = _tfds_stream(config, name, split, False, 0, 0, 1, with_labels=True)
+  stream = stream.map(lambda encoded, label: (prepare(encoded), label),
+                      num_parallel_calls=_tf().data.AUTOTUNE).batch(1024)
+  images, labels = [], []
+  for image_batch, label_batch in tfds.as_numpy(stream):
+    images.append(image_batch.astype(np.float32))
+    labels.append(label_batch.astype(np.int32))
+  if not images:
+    raise DatasetError(f"{where} holds no images.")
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.info("Labelled data: %s, %d images.", where, sum(len(b) for b in images))
+  return np.concatenate(images), np.concatenate(labels)
 
 
 def _centre_crop(tf, image, size):
@@ -354,9 +382,12 @@ def _preprocess_fn(config, name):
   return preprocess
 
 
-def _tfds_stream(config, name, split, train, seed, process_index, process_count):
+def _tfds_stream(config, name, split, train, seed, process_index, process_count,
+                 with_labels=False):
   """(dataset of encoded images, encoded image -> float [0, 1] (S, S, C), description) of a
-  prepared tfds data set. Images stay encoded until after the shuffle buffer (less memory)."""
+  prepared tfds data set. Images stay encoded until after the shuffle buffer (less memory).
+  `with_labels`: the dataset yields (encoded image, class label) pairs instead; a data set
+  without a `label` feature is a DatasetError."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = tfds_data_dir(config)
   try:
@@ -385,8 +416,14 @@ def _tfds_stream(config, name, split, train, seed, process_index, process_count)
   def prepare(encoded):
     return preprocess(tf.io.decode_image(encoded, channels=channels, expand_animations=False))
 
+  where = f"tfds {name} ({split}) in {data_dir}"
+  if with_labels:
+    if "label" not in builder.info.features:
+      raise DatasetError(f"{where} has no class labels (its features are "
+                         f"{sorted(builder.info.features)}): a classifier needs a `label`.")
+    return dataset.map(lambda example: (example["image"], example["label"])), prepare, where
   dataset = dataset.map(lambda example: example["image"])
-  return dataset, prepare, f"tfds {name} ({split}) in {data_dir}"
+  return dataset, prepare, where
 
 
 def _tfrecord_files(config):

@@ -6,7 +6,8 @@ The objective is the cross-entropy of `classifiers.logit_fn` on noisy data: for 
 t ~ U(sde.sampling_eps, sde.T), (mean, std) = sde.marginal_prob(x_0, t) and x_t = mean + std z
 (VE: x_0 + sigma(t) z; VP / sub-VP: their marginals), with the classifier fed noise_std = std, the
 value guidance feeds it at sampling time. x_0 are the data in the score model's space
-(`datasets.labelled_images`: DIGITS, or an .npz with `labels`), held in memory.
+(`datasets.labelled_images`: DIGITS, an .npz with `labels`, or a labelled tfds data set), held
+in memory; with data.random_flip, each training image is mirrored with probability 1/2.
 
 The loop mirrors `train.py` (whose helpers it reuses): the optimiser of `config.optim`, an EMA of
 the params at model.ema_rate, snapshots in <workdir>/checkpoints/checkpoint_<n>/ (n = step /
@@ -70,6 +71,12 @@ def _noisy(sde, x0, t, z):
   return mean + sde_lib.per_sample(std, x0) * z, std
 
 
+def mirror_at_random(x0, key):
+  """x0 (B, H, W, C) with each image mirrored left-right with probability 1/2."""
+  mirrored = jax.random.bernoulli(key, 0.5, (x0.shape[0],))
+  return jnp.where(mirrored[:, None, None, None], x0[:, :, ::-1], x0)
+
+
 def classifier_functions(config, mesh) -> ClassifierFunctions:
   """The jitted init, training step and evaluation of the config's classifier on `mesh`, cached
   (a resumed run in the same process compiles nothing). Batches are global arrays sharded over
@@ -83,6 +90,7 @@ def classifier_functions(config, mesh) -> ClassifierFunctions:
   eps, end = float(sde.sampling_eps), float(sde.T)
   ema_rate = float(config.model.ema_rate)
   size, channels = int(config.data.image_size), int(config.data.num_channels)
+  random_flip = bool(config.data.random_flip)
 
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
@@ -103,6 +111,8 @@ def classifier_functions(config, mesh) -> ClassifierFunctions:
   def train_step(state, x0, labels):
     rng, step_rng = jax.random.split(state.rng)
     t_rng, z_rng = jax.random.split(step_rng)
+    if random_flip:  # augmentation as score training's data.random_flip
+      x0 = mirror_at_random(x0, jax.random.fold_in(step_rng, 2))
     t = jax.random.uniform(t_rng, (x0.shape[0],), minval=eps, maxval=end)
     x_t, std = _noisy(sde, x0, t, jax.random.normal(z_rng, x0.shape))
     (loss, accuracy), grads = jax.value_and_grad(cross_entropy, has_aux=True)(

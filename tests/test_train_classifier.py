@@ -186,15 +186,15 @@ def test_labelled_npz_and_unlabelled_sources(tmp_path):
   with pytest.raises(datasets.DatasetError, match="unlabelled.npz.*no `labels`"):
     datasets.labelled_images(config)
   config.data.path = ""
-  config.data.dataset = "CIFAR10"
-  with pytest.raises(datasets.DatasetError, match="'CIFAR10'.*DIGITS"):
+  config.data.dataset = "FFHQ"
+  with pytest.raises(datasets.DatasetError, match="'FFHQ'.*DIGITS"):
     datasets.labelled_images(config)
 
 
 def test_classifier_config_of_an_unlabelled_data_set_fails_before_compiling(tmp_path,
                                                                             monkeypatch):
   config = _config()
-  config.data.dataset = "CIFAR10"
+  config.data.dataset = "FFHQ"
 
   def no_compiling(*args, **kwargs):
     raise AssertionError("compiled before checking the data")
@@ -213,3 +213,33 @@ def test_accuracy_noise_levels_are_reached_at_their_times(sde):
   reached = np.asarray(sde.marginal_prob(jnp.zeros((8, 1)), jnp.asarray(times, jnp.float32))[1])
   np.testing.assert_allclose(reached, stds, rtol=2e-4)
   assert np.all(np.diff(times) > 0) and 0 <= times[0] and times[-1] <= sde.T + 1e-6
+
+
+def test_labelled_tfds_data_sets_give_their_labels_and_unlabelled_ones_say_so():
+  """tfds data sets with a `label` feature (mocked: nothing is downloaded) give both splits whole,
+  preprocessed to the config's size, with their labels; CelebA (attributes only) is an error."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = _config()
+  config.data.dataset, config.data.num_channels, config.data.image_size = "CIFAR10", 3, 8
+  with tfds.testing.mock_data(num_examples=12):
+    for evaluation in (False, True):
+      images, labels = datasets.labelled_images(config, evaluation=evaluation)
+      assert images.shape == (12, 8, 8, 3) and images.dtype == np.float32
+      assert 0.0 <= images.min() and images.max() <= 1.0
+      assert labels.shape == (12,) and labels.dtype == np.int32
+      assert 0 <= labels.min() and labels.max() <= 9 and len(set(labels.tolist())) > 1
+      # Stored order: the whole split, once.
+      again, _ = datasets.labelled_images(config, evaluation=evaluation)
+      np.testing.assert_array_equal(images, again)
+    config.data.dataset = "CELEBA"
+    with pytest.raises(datasets.DatasetError, match="celeb_a.*no class labels"):
+      datasets.labelled_images(config)
+
+
+def test_random_flip_mirrors_about_half_the_images():
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (400, 4, 4, 1))
+  out = np.asarray(train_classifier.mirror_at_random(x0, jax.random.PRNGKey(1)))
+  same = np.all(out == np.asarray(x0), axis=(1, 2, 3))
+  mirrored = np.all(out == np.asarray(x0)[:, :, ::-1], axis=(1, 2, 3))
+  assert np.all(same ^ mirrored)
+  assert 150 < mirrored.sum() < 250
