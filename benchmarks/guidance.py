@@ -12,7 +12,10 @@ Two measures, both from the independent metric classifier `evaluation/digits_cla
 (not the guiding one): the share of samples it reads as the requested class, and the Fréchet
 distance of its features to the 300 held-out digits. Every variant and scale draws from the same
 seeds, so each scale is paired with w = 0 and TDAS with vanilla (`benchmarks.paired_stats`).
-Writes the JSON (every row per seed), FILE_grid.png (a row per class) and prints the tables.
+Writes the JSON (every row per seed), FILE_grid.png (a row per class, at w = `--grid_scale`)
+and prints the tables. `--merge` adds earlier runs' rows (the later file's row wins where one
+method, variant, NFE, scale, sample count and seed is in both); with `--methods=` it only
+merges them. Rows of different sample counts are never paired.
 """
 import json
 import os
@@ -59,6 +62,8 @@ def define_flags():
   flags.DEFINE_integer("calibration_samples", 200, "Samples per TDAS calibration set.")
   flags.DEFINE_string("classifier_config", CLASSIFIER_CONFIG, "The guiding classifier's config.")
   flags.DEFINE_string("classifier_weights", CLASSIFIER_WEIGHTS, "Its params (flax msgpack).")
+  flags.DEFINE_float("grid_scale", 2.0, "The grid's guidance scale (one of --scales).")
+  flags.DEFINE_list("merge", [], "Earlier runs' JSON files whose rows join this run's.")
 
 
 FLAGS = flags.FLAGS
@@ -83,7 +88,7 @@ def measure(quality, images, labels) -> dict:
 
 
 def run(workdir, methods, budgets, scales, variants, num_samples, seeds, calibration_samples,
-        classifier_config, classifier_weights):
+        classifier_config, classifier_weights, grid_scale):
   base = digits_ncsnpp.get_config()
   base.sampling.tdas.use_space = False
   base.sampling.vanilla_comparison = False
@@ -124,7 +129,7 @@ def run(workdir, methods, budgets, scales, variants, num_samples, seeds, calibra
             rows.append(row)
             logging.info("%s %s %d NFE w=%g seed %d: accuracy %.3f, FD %.2f", method, variant,
                          nfe, scale, seed, row["accuracy"], row["frechet_distance"])
-            if seed == 0 and grid is None and scale > 0 and variant == "vanilla":
+            if seed == 0 and grid is None and scale == grid_scale and variant == "vanilla":
               grid = (f"{LABELS[method]}, {nfe} NFE, w = {scale:g}, seed 0",
                       to_uint8(x[:100], base.data.centered), labels[:100])
   return dict(config="configs/demo/digits_ncsnpp.py", checkpoint=source,
@@ -136,26 +141,44 @@ def run(workdir, methods, budgets, scales, variants, num_samples, seeds, calibra
               tables=tables(rows)), grid
 
 
-def _cell(rows, method, variant, budget_steps, scale, field):
+def _cell(rows, method, variant, budget_steps, scale, num_samples, field):
   return {r["seed"]: r[field] for r in rows if r["method"] == method and r["variant"] == variant
-          and r["steps"] == budget_steps and r["scale"] == scale}
+          and r["steps"] == budget_steps and r["scale"] == scale
+          and r.get("num_samples") == num_samples}
+
+
+def _row_key(row):
+  return (row["method"], row["variant"], row["steps"], row["scale"], row.get("num_samples"),
+          row["seed"])
+
+
+def merge_rows(*row_lists) -> list:
+  """The rows of several runs; where two hold the same method, variant, steps, scale, sample
+  count and seed, the later list's row is kept."""
+  merged = {}
+  for rows in row_lists:
+    merged.update({_row_key(r): r for r in rows})
+  return list(merged.values())
 
 
 def tables(rows) -> list:
-  """Per (method, steps, variant, scale): each measure's mean with its 95 % interval over seeds,
-  the paired difference to w = 0 (same method, variant and seeds) and, for TDAS, to vanilla at
-  the same w."""
+  """Per (method, steps, sample count, variant, scale): each measure's mean with its 95 %
+  interval over seeds, the paired difference to w = 0 (same method, variant, sample count and
+  seeds) and, for TDAS, to vanilla at the same w."""
   found = []
-  keys = sorted({(r["method"], r["steps"], r["nfe"], r["variant"], r["scale"]) for r in rows},
-                key=lambda k: (k[0], k[1], k[3] != "vanilla", k[4]))
-  for method, steps, nfe, variant, scale in keys:
-    entry = dict(method=method, steps=steps, nfe=nfe, variant=variant, scale=scale)
+  keys = sorted({(r["method"], r["steps"], r["nfe"], r.get("num_samples"), r["variant"],
+                  r["scale"]) for r in rows},
+                key=lambda k: (k[0], k[1], -(k[3] or 0), k[4] != "vanilla", k[5]))
+  for method, steps, nfe, num_samples, variant, scale in keys:
+    entry = dict(method=method, steps=steps, nfe=nfe, num_samples=num_samples, variant=variant,
+                 scale=scale)
     for field in MEASURES:
-      mine = _cell(rows, method, variant, steps, scale, field)
+      mine = _cell(rows, method, variant, steps, scale, num_samples, field)
       entry[field] = paired_stats.t_interval(list(mine.values())).to_json()
       higher_is_better = field == "accuracy"
-      for name, other in (("minus_unguided", _cell(rows, method, variant, steps, 0, field)),
-                          ("minus_vanilla", _cell(rows, method, "vanilla", steps, scale, field))):
+      for name, other in (
+          ("minus_unguided", _cell(rows, method, variant, steps, 0, num_samples, field)),
+          ("minus_vanilla", _cell(rows, method, "vanilla", steps, scale, num_samples, field))):
         if not other or (name == "minus_unguided" and scale == 0) or (
             name == "minus_vanilla" and variant == "vanilla"):
           continue
@@ -174,18 +197,32 @@ def table_text(result) -> str:
   """Markdown: a row per (method, NFE, variant, w): the accuracy and the Fréchet distance (mean ±
   the 95 % interval's half width over seeds), each with its paired difference to w = 0 and, for
   TDAS, to vanilla at the same w."""
-  lines = ["| sampler | NFE | variant | w | accuracy | − w = 0, paired | − vanilla, paired | "
+  lines = ["| sampler | NFE | N | variant | w | accuracy | − w = 0, paired | − vanilla, paired | "
            "Fréchet distance | − w = 0, paired | − vanilla, paired |",
-           "|---|---:|---|---:|---:|---|---|---:|---|---|"]
+           "|---|---:|---:|---|---:|---:|---|---|---:|---|---|"]
   for e in result["tables"]:
     cells = []
     for field, digits in (("accuracy", 3), ("frechet_distance", 1)):
       cells += [paired_stats.format_value(paired_stats.Interval.from_json(e[field]), digits),
                 _verdict_or_blank(e.get(f"{field}_minus_unguided"), digits),
                 _verdict_or_blank(e.get(f"{field}_minus_vanilla"), digits)]
-    lines.append(f"| {LABELS[e['method']]} | {e['nfe']} | {e['variant']} | {e['scale']:g} | "
-                 + " | ".join(cells) + " |")
+    lines.append(f"| {LABELS[e['method']]} | {e['nfe']} | {e.get('num_samples') or ''} | "
+                 f"{e['variant']} | {e['scale']:g} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def merged_result(earlier: list, result: dict) -> dict:
+  """This run's result (possibly empty) with the earlier runs' rows and calibrations joined."""
+  base = dict(earlier[0], **{k: v for k, v in result.items() if k not in ("rows", "tables")})
+  rows = merge_rows(*[e["rows"] for e in earlier], result["rows"])
+  base.update(
+      rows=rows, tables=tables(rows),
+      methods=sorted({r["method"] for r in rows}), budgets=sorted({r["nfe"] for r in rows}),
+      scales=sorted({r["scale"] for r in rows}),
+      num_samples=sorted({r.get("num_samples") for r in rows if r.get("num_samples")}),
+      seeds=max(r["seed"] for r in rows) + 1,
+      calibrations={k: v for e in earlier + [result] for k, v in e["calibrations"].items()})
+  return base
 
 
 def main(argv):
@@ -196,10 +233,26 @@ def main(argv):
   unknown = [v for v in FLAGS.variants if v not in ("vanilla", "tdas")]
   if unknown:
     raise errors.UserError(f"--variants takes vanilla and/or tdas, got {unknown}.")
-  result, grid = run(FLAGS.workdir, list(FLAGS.methods), [int(n) for n in FLAGS.nfe], scales,
-                     list(FLAGS.variants), FLAGS.num_samples, FLAGS.seeds,
-                     FLAGS.calibration_samples, FLAGS.classifier_config,
-                     FLAGS.classifier_weights)
+  earlier = []
+  for path in FLAGS.merge:
+    try:
+      with open(path) as f:
+        earlier.append(json.load(f))
+    except (OSError, ValueError) as e:
+      raise errors.UserError(f"--merge: cannot read {path!r} ({type(e).__name__}: {e}).") from e
+  if not FLAGS.methods and not earlier:
+    raise errors.UserError("--methods is empty and nothing is merged (--merge): nothing to do.")
+  result, grid = dict(rows=[], calibrations={}), None
+  if FLAGS.methods:
+    if FLAGS.grid_scale not in scales:
+      raise errors.UserError(f"--grid_scale={FLAGS.grid_scale:g} is not one of --scales "
+                             f"{FLAGS.scales}.")
+    result, grid = run(FLAGS.workdir, list(FLAGS.methods), [int(n) for n in FLAGS.nfe], scales,
+                       list(FLAGS.variants), FLAGS.num_samples, FLAGS.seeds,
+                       FLAGS.calibration_samples, FLAGS.classifier_config,
+                       FLAGS.classifier_weights, FLAGS.grid_scale)
+  if earlier:
+    result = merged_result(earlier, result)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2) + "\n")
   if grid is not None:

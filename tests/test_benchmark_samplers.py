@@ -178,7 +178,8 @@ def test_guidance_tables_pair_each_scale_with_unguided_and_tdas_with_vanilla():
         ("vanilla", 0.0, 0.10, 30.0), ("vanilla", 2.0, 0.90, 34.0),
         ("tdas", 0.0, 0.10, 30.0 + seed), ("tdas", 2.0, 0.92, 33.0)):
       rows.append(dict(method="dpmpp_2m_sde", variant=variant, steps=20, nfe=20, scale=scale,
-                       seed=seed, accuracy=accuracy + luck, frechet_distance=distance + 10 * luck))
+                       seed=seed, num_samples=500, accuracy=accuracy + luck,
+                       frechet_distance=distance + 10 * luck))
   entries = {(e["variant"], e["scale"]): e for e in guidance.tables(rows)}
   guided = entries[("vanilla", 2.0)]
   assert guided["accuracy_minus_unguided"]["mean"] == pytest.approx(0.8)
@@ -192,8 +193,18 @@ def test_guidance_tables_pair_each_scale_with_unguided_and_tdas_with_vanilla():
   assert entries[("tdas", 0.0)]["frechet_distance_minus_vanilla"]["verdict"] == (
       "no difference measured")  # +0, +1, +2
   text = guidance.table_text(dict(tables=guidance.tables(rows)))
-  assert "| DPM-Solver++(2M) SDE | 20 | vanilla | 2 | 0.903 ± 0.038 | +0.800 [+0.800, +0.800] " \
-         "better |" in text
+  assert "| DPM-Solver++(2M) SDE | 20 | 500 | vanilla | 2 | 0.903 ± 0.038 | " \
+         "+0.800 [+0.800, +0.800] better |" in text
+  # Merged with a smaller run: its rows form their own cells (never paired across sample
+  # counts), and a row repeated in a later run replaces the earlier one.
+  small = [dict(r, num_samples=200, accuracy=r["accuracy"] - 0.1) for r in rows]
+  again = dict(rows[0], accuracy=0.5)
+  merged = guidance.merge_rows(rows, small, [again])
+  assert len(merged) == 2 * len(rows)
+  cells = {(e["num_samples"], e["variant"], e["scale"]): e for e in guidance.tables(merged)}
+  assert cells[(200, "vanilla", 2.0)]["accuracy_minus_unguided"]["mean"] == pytest.approx(0.8)
+  assert cells[(500, "vanilla", 0.0)]["accuracy"]["mean"] == pytest.approx(
+      (0.5 + 0.12 + 0.09) / 3)
 
 
 def test_digits_quality_reads_the_requested_class_in_the_same_pass():
