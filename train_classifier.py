@@ -257,8 +257,8 @@ def _save(manager, n, state, config):
 
 def _check_config(config, labels):
   """The classifier section, before anything compiles."""
-  classifier = classifiers.create_classifier(config)  # an unknown name fails here
-  classifiers.logit_fn(config, classifier, None)       # image_mean / image_std per channel
+  classifiers.create_classifier(config)               # an unknown name fails here
+  classifiers.input_normalisation(config)              # image_mean / image_std per channel
   num_classes = int(config.classifier.num_classes)
   if labels.size and int(labels.max()) >= num_classes:
     raise TrainingError(f"The data set has labels up to {int(labels.max())}, but "

@@ -247,14 +247,9 @@ def load_params(config, path: str):
 
 # ----------------------------------------------------------------------------- logits
 
-def logit_fn(config, classifier: nn.Module, params) -> Callable:
-  """fn(x, noise_std) -> logits (B, num_classes) for x (B, H, W, C) in the score model's data
-  space and noise_std (B,) the VE marginal std at x.
-
-  x is first normalised per channel with classifier.image_mean / image_std, statistics of the
-  data as the score model sees them (in [0, 1] for data.centered=False, as for score_sde's
-  CIFAR-10 classifier).
-  """
+def input_normalisation(config) -> Tuple[np.ndarray, np.ndarray]:
+  """(mean (C,), std (C,)) float32 of config.classifier.image_mean / image_std, checked: one
+  value per data channel, std > 0; otherwise a UserError naming the fields."""
   c = config.classifier
   mean = np.asarray(c.image_mean, np.float32).reshape(-1)
   std = np.asarray(c.image_std, np.float32).reshape(-1)
@@ -264,7 +259,18 @@ def logit_fn(config, classifier: nn.Module, params) -> Callable:
                     f"(data.num_channels={channels}); got {len(mean)} and {len(std)}.")
   if not np.all(std > 0):
     raise UserError(f"config.classifier.image_std must be positive; got {tuple(c.image_std)}.")
-  mean, std = jnp.asarray(mean), jnp.asarray(std)
+  return mean, std
+
+
+def logit_fn(config, classifier: nn.Module, params) -> Callable:
+  """fn(x, noise_std) -> logits (B, num_classes) for x (B, H, W, C) in the score model's data
+  space and noise_std (B,) the VE marginal std at x.
+
+  x is first normalised per channel with classifier.image_mean / image_std, statistics of the
+  data as the score model sees them (in [0, 1] for data.centered=False, as for score_sde's
+  CIFAR-10 classifier).
+  """
+  mean, std = (jnp.asarray(v) for v in input_normalisation(config))
 
   def fn(x, noise_std):
     return classifier.apply({"params": params}, (x - mean) / std, noise_std, train=False)
