@@ -8,9 +8,10 @@ For each method and NFE budget it samples `--num_samples` digits per seed with t
 classifier `configs/demo/digits_classifier.py` (weights `assets/digits_classifier/params.msgpack`)
 at each scale w of `--scales` (score + w ∇ log p_t(y | x); w = 0 is unguided), vanilla and with
 TDAS calibrated for that method and budget on unconditional samples (`benchmarks.samplers`' way).
-Two measures, both from the independent metric classifier `evaluation/digits_classifier.py`
+Three measures, all from the independent metric classifier `evaluation/digits_classifier.py`
 (not the guiding one): the share of samples it reads as the requested class, and the Fréchet
-distance of its features to the 300 held-out digits. Every variant and scale draws from the same
+distance and the kernel distance (KID x 10^3, unbiased at any sample count) of its features to
+the 300 held-out digits. Every variant and scale draws from the same
 seeds, so each scale is paired with w = 0 and TDAS with vanilla (`benchmarks.paired_stats`).
 Writes the JSON (every row per seed), FILE_grid.png (a row per class, at w = `--grid_scale`)
 and prints the tables. `--merge` adds earlier runs' rows (the later file's row wins where one
@@ -45,7 +46,10 @@ CLASSIFIER_CONFIG = os.path.normpath(os.path.join(REPOSITORY, "configs", "demo",
                                                   "digits_classifier.py"))
 CLASSIFIER_WEIGHTS = os.path.normpath(os.path.join(REPOSITORY, "assets", "digits_classifier",
                                                    "params.msgpack"))
-MEASURES = ("accuracy", "frechet_distance")
+# (field, title, digits shown, higher is better)
+MEASURES = (("accuracy", "Accuracy of the requested class", 3, True),
+            ("frechet_distance", "Fréchet distance", 1, False),
+            ("kernel_distance", "Kernel distance (KID × 10³)", 2, False))
 
 
 def define_flags():
@@ -80,11 +84,11 @@ def guided_config(base, method, steps, filter_file, classifier_config, classifie
 
 def measure(quality, images, labels) -> dict:
   """The metric classifier's reading of class-conditional samples (N, 16, 16, 1) in [0, 1]
-  against the requested `labels` (N,): accuracy (overall and per class), the Fréchet distance
-  and the label entropy, from one pass of `evaluation.digits_classifier.DigitsQuality`."""
+  against the requested `labels` (N,): accuracy (overall and per class), the Fréchet and kernel
+  distances and the label entropy, from one pass of `evaluation.digits_classifier.DigitsQuality`."""
   result = quality(images, labels)
   return {k: result[k] for k in ("accuracy", "per_class_accuracy", "frechet_distance",
-                                 "label_entropy")}
+                                 "kernel_distance", "label_entropy")}
 
 
 def run(workdir, methods, budgets, scales, variants, num_samples, seeds, calibration_samples,
@@ -144,7 +148,7 @@ def run(workdir, methods, budgets, scales, variants, num_samples, seeds, calibra
 def _cell(rows, method, variant, budget_steps, scale, num_samples, field):
   return {r["seed"]: r[field] for r in rows if r["method"] == method and r["variant"] == variant
           and r["steps"] == budget_steps and r["scale"] == scale
-          and r.get("num_samples") == num_samples}
+          and r.get("num_samples") == num_samples and r.get(field) is not None}
 
 
 def _row_key(row):
@@ -172,10 +176,11 @@ def tables(rows) -> list:
   for method, steps, nfe, num_samples, variant, scale in keys:
     entry = dict(method=method, steps=steps, nfe=nfe, num_samples=num_samples, variant=variant,
                  scale=scale)
-    for field in MEASURES:
+    for field, _, _, higher_is_better in MEASURES:
       mine = _cell(rows, method, variant, steps, scale, num_samples, field)
+      if not mine:  # (runs from before the measure existed)
+        continue
       entry[field] = paired_stats.t_interval(list(mine.values())).to_json()
-      higher_is_better = field == "accuracy"
       for name, other in (
           ("minus_unguided", _cell(rows, method, variant, steps, 0, num_samples, field)),
           ("minus_vanilla", _cell(rows, method, "vanilla", steps, scale, num_samples, field))):
@@ -194,21 +199,26 @@ def _verdict_or_blank(cell, digits) -> str:
 
 
 def table_text(result) -> str:
-  """Markdown: a row per (method, NFE, variant, w): the accuracy and the Fréchet distance (mean ±
-  the 95 % interval's half width over seeds), each with its paired difference to w = 0 and, for
-  TDAS, to vanilla at the same w."""
-  lines = ["| sampler | NFE | N | variant | w | accuracy | − w = 0, paired | − vanilla, paired | "
-           "Fréchet distance | − w = 0, paired | − vanilla, paired |",
-           "|---|---:|---:|---|---:|---:|---|---|---:|---|---|"]
-  for e in result["tables"]:
-    cells = []
-    for field, digits in (("accuracy", 3), ("frechet_distance", 1)):
-      cells += [paired_stats.format_value(paired_stats.Interval.from_json(e[field]), digits),
-                _verdict_or_blank(e.get(f"{field}_minus_unguided"), digits),
-                _verdict_or_blank(e.get(f"{field}_minus_vanilla"), digits)]
-    lines.append(f"| {LABELS[e['method']]} | {e['nfe']} | {e.get('num_samples') or ''} | "
-                 f"{e['variant']} | {e['scale']:g} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  """Markdown: a table per measure, a row per (method, NFE, sample count, variant, w): the mean
+  ± the 95 % interval's half width over seeds, the paired difference to w = 0 and, for TDAS, to
+  vanilla at the same w."""
+  text = []
+  for field, title, digits, _ in MEASURES:
+    lines = [f"{title}:", "",
+             "| sampler | NFE | N | variant | w | mean | − w = 0, paired | − vanilla, paired |",
+             "|---|---:|---:|---|---:|---:|---|---|"]
+    for e in result["tables"]:
+      if field not in e:
+        continue
+      lines.append(
+          f"| {LABELS[e['method']]} | {e['nfe']} | {e.get('num_samples') or ''} | "
+          f"{e['variant']} | {e['scale']:g} | "
+          f"{paired_stats.format_value(paired_stats.Interval.from_json(e[field]), digits)} | "
+          f"{_verdict_or_blank(e.get(f'{field}_minus_unguided'), digits)} | "
+          f"{_verdict_or_blank(e.get(f'{field}_minus_vanilla'), digits)} |")
+    if len(lines) > 4:
+      text.append("\n".join(lines))
+  return "\n\n".join(text)
 
 
 def merged_result(earlier: list, result: dict) -> dict:

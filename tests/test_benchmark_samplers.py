@@ -194,7 +194,8 @@ def test_guidance_tables_pair_each_scale_with_unguided_and_tdas_with_vanilla():
       "no difference measured")  # +0, +1, +2
   text = guidance.table_text(dict(tables=guidance.tables(rows)))
   assert "| DPM-Solver++(2M) SDE | 20 | 500 | vanilla | 2 | 0.903 ± 0.038 | " \
-         "+0.800 [+0.800, +0.800] better |" in text
+         "+0.800 [+0.800, +0.800] better |  |" in text
+  assert "Fréchet distance:" in text and "Kernel distance" not in text  # no KID in these rows
   # Merged with a smaller run: its rows form their own cells (never paired across sample
   # counts), and a row repeated in a later run replaces the earlier one.
   small = [dict(r, num_samples=200, accuracy=r["accuracy"] - 0.1) for r in rows]
