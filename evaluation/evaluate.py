@@ -182,8 +182,8 @@ def evaluate_folder(config, workdir: str, folder: str, extractor=None,
   for note in notes:
     logging.warning("%s", note)
   return dict(
-      metric="inception", fid=fid, kid=kid, inception_score=inception_score, precision_recall=precision_recall,
-      frequency_deviation=frequency_deviation,
+      metric="inception", fid=fid, kid=kid, inception_score=inception_score,
+      precision_recall=precision_recall, frequency_deviation=frequency_deviation,
       num_samples=int(total), image_shape=[int(s) for s in shapes[0]],
       sample_files=[os.path.basename(f) for f in files],
       sampling_fingerprint=sampling_fingerprint,
