@@ -11,8 +11,8 @@ TDAS calibrated for that method and budget on unconditional samples (`benchmarks
 Three measures, all from the independent metric classifier `evaluation/digits_classifier.py`
 (not the guiding one): the share of samples it reads as the requested class, and the Fréchet
 distance and the kernel distance (KID x 10^3, unbiased at any sample count) of its features to
-the 300 held-out digits. Every variant and scale draws from the same
-seeds, so each scale is paired with w = 0 and TDAS with vanilla (`benchmarks.paired_stats`).
+the 300 held-out digits. Every variant and scale draws from the same seeds, so each scale is
+paired with w = 0 and TDAS with vanilla (`benchmarks.paired_stats`).
 Writes the JSON (every row per seed), FILE_grid.png (a row per class, at w = `--grid_scale`)
 and prints the tables. `--merge` adds earlier runs' rows (the later file's row wins where one
 method, variant, NFE, scale, sample count and seed is in both); with `--methods=` it only
@@ -85,7 +85,7 @@ def guided_config(base, method, steps, filter_file, classifier_config, classifie
 def measure(quality, images, labels) -> dict:
   """The metric classifier's reading of class-conditional samples (N, 16, 16, 1) in [0, 1]
   against the requested `labels` (N,): accuracy (overall and per class), the Fréchet and kernel
-  distances and the label entropy, from one pass of `evaluation.digits_classifier.DigitsQuality`."""
+  distances and the label entropy, from one pass of `digits_classifier.DigitsQuality`."""
   result = quality(images, labels)
   return {k: result[k] for k in ("accuracy", "per_class_accuracy", "frechet_distance",
                                  "kernel_distance", "label_entropy")}
