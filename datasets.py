@@ -298,8 +298,8 @@ def labelled_images(config, evaluation: bool = False):
 
 def _labelled_tfds(config, name, evaluation):
   """(float32 (N, S, S, C) in [0, 1], int32 (N,)) of a whole split of tfds data set `name`, in
-  its stored order, preprocessed as `get_split` does (no flips: the classifier trainer's batches
-  are drawn from these arrays)."""
+  its stored order, preprocessed as `get_split` does; unflipped (the classifier trainer mirrors
+  its batches under data.random_flip)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   split = TFDS_EVAL_SPLITS[name] if evaluation else "train"
   stream, prepare, where = _tfds_stream(config, name, split, False, 0, 0, 1, with_labels=True)

@@ -250,7 +250,7 @@ def evaluate(config, workdir, eval_folder="eval"):
   samples_path = str(config.eval.get("samples_path", "") or "") or out_dir
   if samples_path != out_dir or os.path.isdir(out_dir):  # (a missing folder: no samples, below)
     sample_rounds.check_writable(out_dir)
-  if config.eval.get("metric", "inception") == "digits":
+  if config.eval.metric == "digits":
     result = evaluation.evaluate_digits_folder(samples_path)
   else:
     result = evaluation.evaluate_folder(config, workdir, samples_path)

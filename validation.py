@@ -240,7 +240,7 @@ def check_likelihood_mode(config):
 def check_eval_mode(config):
   """`--mode eval`: the metric; the Inception batch (299 x 299 x 3 float32 per image) against
   memory."""
-  metric = config.eval.get("metric", "inception")
+  metric = config.eval.metric
   if metric not in ("inception", "digits"):
     raise UserError(f"config.eval.metric={metric!r} must be 'inception' (FID, KID, IS) or "
                     "'digits' (the digits demo's metric classifier).")

@@ -220,13 +220,13 @@ def evaluate_digits_folder(folder: str, weights: str = digits_classifier.DEFAULT
   sampling_fingerprint = _common_fingerprint(files)
   images, labels = [], []
   for path in files:
-    samples = statistics.read_samples(path)
+    samples, requested = statistics.read_labelled_samples(path)
     if samples.shape[1:] != digits_classifier.IMAGE_SHAPE:
       raise UserError(f"{path!r} holds {samples.shape[1:]} images; config.eval.metric='digits' "
                        f"measures {digits_classifier.IMAGE_SHAPE} digits (the digits demo's "
                        "data). Use config.eval.metric='inception' for other data.")
     images.append(samples)
-    labels.append(statistics.read_labels(path, len(samples)))
+    labels.append(requested)
   labelled = [label is not None for label in labels]
   if any(labelled) and not all(labelled):
     raise UserError(f"{folder!r} mixes sample files with requested labels and files without "

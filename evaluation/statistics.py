@@ -13,7 +13,7 @@ By convention the data set's file is `<workdir>/stats/<dataset>_<image size>.npz
 import glob
 import os
 import re
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -286,8 +286,28 @@ def sample_files(path: str) -> List[str]:
 def read_samples(path: str) -> np.ndarray:
   """The uint8 (N, H, W, C) images of one sample file (C = 1 or 3): `samples` (this project)
   or `arr_0` (guided-diffusion / EDM) of an .npz, or one PNG / JPEG image (N = 1)."""
+  return _load_sample_file(path, with_labels=False)[0]
+
+
+def read_labelled_samples(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+  """(images, labels) of one sample file, read once: the images as `read_samples` gives them,
+  and the requested class of each (int64 (N,)) or None when the file records none: `labels`
+  (class-conditional rounds of `--mode sample`) or, beside `arr_0`, `arr_1` (guided-diffusion's
+  class-conditional files). Labels that are not one integer per image are a UserError."""
+  samples, labels, key = _load_sample_file(path, with_labels=True)
+  if labels is None:
+    return samples, None
+  if labels.shape != (samples.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+    raise UserError(f"Sample file {path!r}: `{key}` is {labels.dtype} {labels.shape}; expected "
+                     f"one integer class per image ({samples.shape[0]},).")
+  return samples, labels.astype(np.int64)
+
+
+def _load_sample_file(path: str, with_labels: bool):
+  """(images uint8 (N, H, W, C), the label array or None, its key) of one sample file."""
   if path.lower().endswith(IMAGE_SUFFIXES):
-    return _read_picture(path)[None]
+    return _read_picture(path)[None], None, None
+  labels, label_key = None, None
   try:
     with np.load(path, allow_pickle=False) as data:
       key = next((k for k in ("samples", "arr_0") if k in data.files), None)
@@ -295,6 +315,10 @@ def read_samples(path: str) -> np.ndarray:
         raise UserError(f"Sample file {path!r} has neither `samples` nor `arr_0` (it holds "
                          f"{data.files}).")
       samples = data[key]
+      if with_labels:
+        label_key = "labels" if "labels" in data.files else (
+            "arr_1" if key == "arr_0" and "arr_1" in data.files else None)
+        labels = None if label_key is None else data[label_key]
   except ValueError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -305,26 +329,7 @@ def read_samples(path: str) -> np.ndarray:
   if samples.dtype != np.uint8 or samples.ndim != 4 or samples.shape[-1] not in (1, 3):
     raise UserError(f"Sample file {path!r}: `{key}` is {samples.dtype} {samples.shape}; "
                      "expected uint8 (N, H, W, 1 or 3) as `--mode sample` writes.")
-  return samples
-
-
-def read_labels(path: str, num_images: int) -> Optional[np.ndarray]:
-  """The requested class of each image in one sample file, or None when it records none:
-  `labels` (class-conditional rounds of `--mode sample`) or, beside `arr_0`, `arr_1`
-  (guided-diffusion's class-conditional files). A count other than `num_images` is an error."""
-  if path.lower().endswith(IMAGE_SUFFIXES):
-    return None
-  with np.load(path, allow_pickle=False) as data:
-    key = "labels" if "labels" in data.files else (
-        "arr_1" if "arr_0" in data.files and "arr_1" in data.files else None)
-    if key is None:
-      return None
-    labels = data[key]
-  if labels.ndim != 1 or len(labels) != num_images or not np.issubdtype(labels.dtype,
-                                                                         np.integer):
-    raise UserError(f"Sample file {path!r}: `{key}` is {labels.dtype} {labels.shape}; expected "
-                     f"one integer class per image ({num_images},).")
-  return labels.astype(np.int64)
+  return samples, labels, label_key
 
 
 def _read_picture(path: str) -> np.ndarray:
